@@ -1,0 +1,40 @@
+"""User-facing error types.
+
+Every error a user can cause (bad shapes, unknown names, missing files) is raised as an
+:class:`InvsolveError` subclass so that the CLI can print it without a traceback.
+"""
+from __future__ import annotations
+
+
+class InvsolveError(Exception):
+    """Base class for errors caused by user input; the CLI prints the message only."""
+
+
+class ShapeError(InvsolveError, ValueError):
+    """A tensor does not have the shape an operator, prior or sampler expects."""
+
+
+class DTypeError(InvsolveError, TypeError):
+    """A tensor has the wrong dtype (e.g. real data for a complex operator)."""
+
+
+class UnknownNameError(InvsolveError, KeyError):
+    """An unknown prior / sampler / operator / config key was requested."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it verbatim
+        return str(self.args[0]) if self.args else ""
+
+
+class MissingDependencyError(InvsolveError, ImportError):
+    """An optional dependency is required for the requested feature."""
+
+
+class InputFileError(InvsolveError, FileNotFoundError):
+    """An input file is missing or cannot be read."""
+
+
+def missing_extra(package: str, extra: str, feature: str) -> MissingDependencyError:
+    return MissingDependencyError(
+        f"{feature} needs the optional package '{package}'. "
+        f"Install it with: pip install 'invsolve[{extra}]'  (or: pip install {package})"
+    )

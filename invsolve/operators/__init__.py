@@ -1,0 +1,33 @@
+"""Forward operators ``y = A(x)``: a shared protocol (:mod:`.base`) and the physics of each modality.
+
+Linear operators compose (``A @ B``, ``A.H``, ``A.N``, ``2.0 * A``) and have exact adjoints.
+"""
+from . import coils, masks, noise
+from .base import (Adjoint, Composed, ComposedLinear, Identity, LinearOperator, Normal, Operator, Scaled,
+                   adjoint_mismatch, inner)
+from .blur import Blur, gaussian_kernel, motion_kernel, uniform_kernel
+from .ct import ParallelBeamCT, fbp, limited_angle_angles, sparse_view_angles
+from .fft import fft2c, ifft2c
+from .mri import MultiCoilMRI, SingleCoilMRI
+from .noise import GaussianNoise, PoissonNoise
+from .sampling import Inpainting, SuperResolution, box_mask, random_mask
+
+__all__ = [
+    "Operator", "LinearOperator", "Composed", "ComposedLinear", "Adjoint", "Normal", "Scaled", "Identity",
+    "adjoint_mismatch", "inner", "fft2c", "ifft2c", "MultiCoilMRI", "SingleCoilMRI", "masks", "coils", "noise",
+    "GaussianNoise", "PoissonNoise", "ParallelBeamCT", "fbp", "sparse_view_angles", "limited_angle_angles",
+    "Blur", "gaussian_kernel", "uniform_kernel", "motion_kernel", "Inpainting", "SuperResolution", "random_mask",
+    "box_mask",
+]
+
+
+def __getattr__(name):  # black-box and PDE operators are imported lazily (heavier modules)
+    if name in ("BlackBox", "BlackBoxError"):
+        from . import blackbox
+
+        return getattr(blackbox, name)
+    if name in ("NavierStokes2D",):
+        from . import navier_stokes
+
+        return getattr(navier_stokes, name)
+    raise AttributeError(name)

@@ -1,0 +1,141 @@
+"""Adapter: a diffusers ``UNet2DModel`` + its DDPM scheduler config as a :class:`~invsolve.priors.base.Prior`.
+
+Directory layouts understood by :func:`load_diffusers_prior`:
+
+* flat: ``config.json`` + ``diffusion_pytorch_model.safetensors`` (+ ``scheduler_config.json``), as written by
+  ``UNet2DModel.save_pretrained`` (invsolve's own priors add ``invsolve_prior.json`` with the data range/layout);
+* pipeline: ``unet/`` and ``scheduler/`` subfolders (``DDPMPipeline.save_pretrained``);
+* a Hugging Face hub id with the pipeline layout (needs network or the local HF cache).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..errors import InputFileError, InvsolveError
+from .base import Prior
+
+META_FILE = "invsolve_prior.json"
+
+
+class DiffusersPrior(Prior):
+    """A pixel-space prior around a diffusers ``UNet2DModel``.
+
+    Args:
+        unet: the network; called as ``unet(x, t).sample``.
+        scheduler_config: dict with ``num_train_timesteps``, ``beta_start``, ``beta_end``, ``beta_schedule``
+            and ``prediction_type`` (``epsilon``, ``sample`` or ``v_prediction``), as in ``DDPMScheduler``.
+        Remaining arguments: see :class:`Prior`.
+
+    Learned-variance networks (``out_channels == 2 * in_channels``) have their variance channels dropped.
+    """
+
+    def __init__(self, unet: torch.nn.Module, scheduler_config: dict, *, is_complex: bool = False,
+                 data_range=(0.0, 1.0), name: str = "diffusers", max_batch: Optional[int] = None,
+                 card: Optional[dict] = None):
+        from diffusers import DDPMScheduler
+
+        sched = DDPMScheduler.from_config(scheduler_config)
+        cfg = unet.config
+        size = cfg.sample_size if isinstance(cfg.sample_size, (tuple, list)) else (cfg.sample_size,) * 2
+        super().__init__(sched.alphas_cumprod, size, cfg.in_channels, is_complex=is_complex,
+                         data_range=data_range, name=name, max_batch=max_batch, card=card)
+        self.unet = unet.eval().requires_grad_(False)
+        self.prediction_type = sched.config.prediction_type
+        if self.prediction_type not in ("epsilon", "sample", "v_prediction"):
+            raise InvsolveError(f"unsupported prediction_type {self.prediction_type!r}")
+        self.scheduler_config = dict(sched.config)
+
+    def _eps_net(self, x, t):
+        C = self.channels
+        out = self.unet(x.to(self.unet.dtype), t.to(x.device)).sample[:, :C].to(x.dtype)
+        if self.prediction_type == "epsilon":
+            return out
+        ab = self._ab_cont(t).to(x.dtype).reshape(-1, 1, 1, 1)
+        if self.prediction_type == "sample":  # eps = (x - sqrt(ab) x0) / sqrt(1 - ab)
+            return (x - ab.sqrt() * out) / (1 - ab).sqrt()
+        return ab.sqrt() * out + (1 - ab).sqrt() * x  # v-prediction: eps = sqrt(ab) v + sqrt(1-ab) x
+
+    def _ab_cont(self, t):
+        """``abar`` at fractional timesteps via log-sigma interpolation (exact at integers)."""
+        ls = self.log_sigmas.to(t.device)
+        lo = t.floor().long().clamp(0, len(ls) - 1)
+        hi = (lo + 1).clamp(max=len(ls) - 1)
+        w = (t.double() - lo.double()).clamp(0, 1)
+        s2 = torch.exp(2 * ((1 - w) * ls[lo] + w * ls[hi]))
+        return 1 / (1 + s2)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputFileError(f"{path} is not valid JSON: {e}") from e
+
+
+def _default_scheduler() -> dict:
+    return {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear",
+            "prediction_type": "epsilon"}
+
+
+def load_diffusers_prior(source: str, *, device=None, dtype: torch.dtype = torch.float32, name: Optional[str] = None,
+                         is_complex: Optional[bool] = None, data_range=None, max_batch: Optional[int] = None,
+                         card: Optional[dict] = None) -> DiffusersPrior:
+    """Load a ``UNet2DModel`` prior from a local directory (flat or pipeline layout) or a hub id."""
+    from diffusers import UNet2DModel
+
+    p = Path(source).expanduser()
+    meta: dict = {}
+    if p.is_dir():
+        unet_dir, sched_file = p, p / "scheduler_config.json"
+        if (p / "unet").is_dir():
+            unet_dir = p / "unet"
+            sched_file = p / "scheduler" / "scheduler_config.json"
+        if not (unet_dir / "config.json").exists():
+            raise InputFileError(f"{p} does not look like a diffusers UNet2DModel directory: no config.json "
+                                 f"(looked in {unet_dir}); expected the output of UNet2DModel.save_pretrained or a "
+                                 f"DDPMPipeline directory with unet/ and scheduler/")
+        if (p / META_FILE).exists():
+            meta = _read_json(p / META_FILE)
+        unet = UNet2DModel.from_pretrained(str(unet_dir), torch_dtype=dtype)
+        sched = _read_json(sched_file) if sched_file.exists() else _default_scheduler()
+    else:
+        if source.startswith((".", "~", "/")) or source.count("/") != 1 or p.exists():
+            raise InputFileError(f"prior directory {source!r} does not exist (and it is not a hub id 'org/name')")
+        unet, sched = _load_from_hub(source, dtype)
+    prior = DiffusersPrior(
+        unet, sched,
+        is_complex=meta.get("is_complex", False) if is_complex is None else is_complex,
+        data_range=tuple(meta.get("data_range", (0.0, 1.0))) if data_range is None else data_range,
+        name=name or meta.get("name") or p.name or source,
+        max_batch=max_batch if max_batch is not None else meta.get("max_batch"),
+        card=card if card is not None else meta,
+    )
+    return prior.to(device) if device is not None else prior
+
+
+def _load_from_hub(repo_id: str, dtype):
+    from diffusers import UNet2DModel
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    try:
+        from huggingface_hub import hf_hub_download
+
+        unet = UNet2DModel.from_pretrained(repo_id, subfolder="unet", torch_dtype=dtype)
+        try:
+            sched = _read_json(Path(hf_hub_download(repo_id, "scheduler/scheduler_config.json")))
+        except Exception:
+            sched = _default_scheduler()
+        return unet, sched
+    except Exception as e:  # network errors, missing repo, offline cache miss
+        how = ("HF_HUB_OFFLINE=1 is set and the model is not in the local Hugging Face cache"
+               if offline else "it could not be downloaded or found in the local cache")
+        raise InputFileError(
+            f"could not load prior {repo_id!r}: {how} ({type(e).__name__}). Provide the weights locally: "
+            f"download the pipeline directory elsewhere (huggingface-cli download {repo_id} --local-dir DIR), "
+            f"copy it here and pass load_prior('DIR'); or pick an embedded prior (invsolve list priors)."
+        ) from None

@@ -1,0 +1,94 @@
+"""Embedded prior registry and :func:`load_prior`.
+
+Embedded priors live in ``invsolve/priors/weights/<name>/`` (diffusers ``save_pretrained`` layout plus
+``invsolve_prior.json`` with layout/data range and ``README.md``, the model card). They are trained by
+``invsolve train-prior configs/train/<name>.yaml``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Dict, Optional, Union
+
+import torch
+
+from ..errors import UnknownNameError
+from .base import Prior
+from .diffusers_prior import META_FILE, load_diffusers_prior
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+# Loaders by the "kind" field of invsolve_prior.json (other modules register latent / ADM loaders).
+LOADERS: Dict[str, Callable[..., Prior]] = {"diffusers": load_diffusers_prior}
+
+
+def register_loader(kind: str):
+    def deco(fn):
+        LOADERS[kind] = fn
+        return fn
+
+    return deco
+
+
+def _embedded() -> Dict[str, Path]:
+    if not WEIGHTS_DIR.is_dir():
+        return {}
+    return {p.name: p for p in sorted(WEIGHTS_DIR.iterdir()) if (p / META_FILE).exists()}
+
+
+def available_priors() -> Dict[str, str]:
+    """Embedded prior names -> one-line summary from their model cards."""
+    out = {}
+    for name, path in _embedded().items():
+        meta = json.loads((path / META_FILE).read_text())
+        out[name] = meta.get("summary", "")
+    return out
+
+
+def prior_dir(name: str) -> Path:
+    """Directory of an embedded prior (raises with the list of names if unknown)."""
+    emb = _embedded()
+    if name not in emb:
+        raise UnknownNameError(f"unknown prior {name!r}; embedded priors: {sorted(emb) or 'none installed'}. "
+                               f"You can also pass a local directory or a Hugging Face hub id.")
+    return emb[name]
+
+
+def load_prior(name_or_path: Union[str, Path, Prior], *, device: Optional[Union[str, torch.device]] = None,
+               dtype: torch.dtype = torch.float32, **overrides) -> Prior:
+    """Load a prior by embedded name, local directory or hub id (a :class:`Prior` is returned unchanged).
+
+    Keyword overrides (``is_complex``, ``data_range``, ``max_batch``, ``name``) replace what the directory's
+    ``invsolve_prior.json`` says; use them for third-party diffusers models (default: real, data range [0, 1]).
+    """
+    if isinstance(name_or_path, Prior):
+        return name_or_path.to(device) if device is not None else name_or_path
+    src = str(name_or_path)
+    emb = _embedded()
+    if src in emb:
+        path = emb[src]
+    else:
+        path = Path(src).expanduser()
+        if not path.exists() and "/" not in src:
+            raise UnknownNameError(f"unknown prior {src!r}; embedded priors: {sorted(emb) or 'none installed'}. "
+                                   f"You can also pass a local directory or a Hugging Face hub id ('org/name').")
+    kind = "diffusers"
+    if path.is_dir() and (path / META_FILE).exists():
+        kind = json.loads((path / META_FILE).read_text()).get("kind", "diffusers")
+    if kind not in LOADERS:
+        _import_optional_loaders()
+    if kind not in LOADERS:
+        raise UnknownNameError(f"prior at {path} has kind {kind!r}; known kinds: {sorted(LOADERS)}")
+    src_arg = str(path) if path.exists() else src
+    return LOADERS[kind](src_arg, device=device, dtype=dtype, **overrides)
+
+
+def _import_optional_loaders():
+    import importlib
+
+    for mod in ("latent", "adm"):
+        try:
+            importlib.import_module(f"{__package__}.{mod}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__package__}.{mod}":
+                raise

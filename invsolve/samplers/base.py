@@ -1,0 +1,147 @@
+"""Sampler contract and registry.
+
+A sampler is a function::
+
+    run(prior, operator, y, *, generators, progress=False, **knobs) -> SamplerOutput
+
+* ``prior``: a :class:`~invsolve.priors.Prior` (``None`` for classical methods);
+* ``operator``: an :class:`~invsolve.operators.base.Operator`; ``y``: measurements ``(B, ...)`` already
+  validated and on the operator's device;
+* ``generators``: one ``torch.Generator`` per batch item — every random draw of item ``b`` comes from
+  ``generators[b]`` so that a sample never depends on the rest of its batch;
+* ``knobs``: the sampler's documented parameters (its registered defaults fill the rest).
+
+It returns operator-domain reconstructions. Register with :func:`register_sampler`.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from ..errors import InvsolveError, UnknownNameError
+
+
+@dataclass
+class SamplerOutput:
+    """What a sampler returns.
+
+    Attributes:
+        x: reconstructions in the operator domain, ``(B, *operator.input_shape)``.
+        nfe: network function evaluations (one per batched network call; 0 for classical methods).
+        info: extra diagnostics (e.g. CG residual norms, the initial estimate), JSON-friendly where possible.
+    """
+
+    x: torch.Tensor
+    nfe: int = 0
+    info: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SamplerSpec:
+    """A registered sampler: its function, defaults and requirements.
+
+    ``requires``: ``"linear"`` (needs ``adjoint``), ``"differentiable"`` (autograd through ``A``) or
+    ``"forward"`` (black-box forward evaluations only). ``needs_prior``: diffusion prior required.
+    """
+
+    name: str
+    fn: Callable[..., SamplerOutput]
+    defaults: Dict[str, Any]
+    requires: str = "linear"
+    needs_prior: bool = True
+    latent_ok: bool = False
+    summary: str = ""
+
+    def knobs(self) -> List[str]:
+        return sorted(self.defaults)
+
+
+_REGISTRY: Dict[str, SamplerSpec] = {}
+
+
+def register_sampler(name: str, *, defaults: Optional[Dict[str, Any]] = None, requires: str = "linear",
+                     needs_prior: bool = True, latent_ok: bool = False, summary: str = ""):
+    """Decorator registering a sampler function under ``name`` with its default knobs."""
+
+    def deco(fn):
+        doc = (fn.__doc__ or "").strip().splitlines()
+        _REGISTRY[name] = SamplerSpec(name, fn, dict(defaults or {}), requires, needs_prior, latent_ok,
+                                      summary or (doc[0] if doc else ""))
+        return fn
+
+    return deco
+
+
+def _load_builtin():
+    import importlib
+
+    for mod in ("dds", "classical", "dps", "ddnm", "diffpir", "pigdm", "mcg", "stsl", "psld", "enkg", "dps_gsg",
+                "tv"):
+        try:
+            importlib.import_module(f"{__package__}.{mod}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__package__}.{mod}":
+                raise
+
+
+def get_sampler(name: str) -> SamplerSpec:
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise UnknownNameError(f"unknown sampler {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def available_samplers() -> Dict[str, str]:
+    """Sampler names -> one-line summaries."""
+    _load_builtin()
+    return {k: v.summary for k, v in sorted(_REGISTRY.items())}
+
+
+def resolve_knobs(spec: SamplerSpec, knobs: Dict[str, Any]) -> Dict[str, Any]:
+    """Registered defaults overridden by ``knobs``; unknown knobs raise an error listing the valid ones."""
+    unknown = sorted(set(knobs) - set(spec.defaults))
+    if unknown:
+        raise UnknownNameError(f"unknown option(s) {unknown} for sampler {spec.name!r}; valid options: "
+                               f"{', '.join(spec.knobs()) or 'none'}")
+    out = dict(spec.defaults)
+    out.update(knobs)
+    return out
+
+
+def check_compatible(spec: SamplerSpec, operator, prior) -> None:
+    """Clear errors when a sampler cannot run on this operator/prior combination."""
+    if spec.requires == "linear" and not getattr(operator, "is_linear", False):
+        raise InvsolveError(f"sampler {spec.name!r} needs a linear operator with an adjoint; "
+                            f"{type(operator).__name__} is nonlinear. Try sampler='enkg' or 'dps'.")
+    if spec.needs_prior and prior is None:
+        raise InvsolveError(f"sampler {spec.name!r} needs a diffusion prior")
+    if prior is not None and getattr(prior, "is_latent", False) and not spec.latent_ok:
+        raise InvsolveError(f"sampler {spec.name!r} works on pixel-space priors; {prior.name!r} is a latent prior "
+                            f"(use sampler='stsl' or 'psld')")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def randn(shape: Sequence[int], generators: Sequence[torch.Generator], device, dtype=torch.float32) -> torch.Tensor:
+    """Standard normal batch ``(len(generators), *shape)``; item ``b`` drawn from ``generators[b]``."""
+    return torch.stack([torch.randn(tuple(shape), generator=g, device=g.device, dtype=dtype)
+                        for g in generators]).to(device)
+
+
+def bshape(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reshape a per-sample vector ``(B,)`` to broadcast against ``like`` ``(B, ...)``."""
+    return v.reshape((-1,) + (1,) * (like.dim() - 1))
+
+
+def progress_bar(iterable, enabled: bool, desc: str, total: Optional[int] = None):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, dynamic_ncols=True, leave=False)
+
+
+def accepts(fn: Callable, name: str) -> bool:
+    return name in inspect.signature(fn).parameters

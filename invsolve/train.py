@@ -1,0 +1,405 @@
+"""``invsolve train-prior RECIPE``: train a diffusers ``UNet2DModel`` diffusion prior.
+
+DDPM noise-prediction training (``DDPMScheduler``), AdamW with warm-up and cosine decay, EMA weights
+(``diffusers.training_utils.EMAModel``), bf16 autocast on CUDA, resumable checkpoints, a tqdm progress bar, and
+at the end an export in the ``save_pretrained`` (safetensors) layout with ``invsolve_prior.json``, a sample grid
+and a model card that records data, resolution, steps, wall time, hardware and held-out figures.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from .data.base import build_train_source
+from .errors import InputFileError
+
+DEFAULTS = {
+    "name": "prior",
+    "output_dir": "runs/${name}",
+    "data": {"kind": "???", "image_size": 64},
+    "model": {},
+    "scheduler": {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02,
+                  "prediction_type": "epsilon", "clip_sample": False},
+    "train": {"steps": 20000, "batch_size": 64, "lr": 2e-4, "min_lr_ratio": 0.1, "warmup_steps": 500,
+              "weight_decay": 0.0, "ema_decay": 0.9995, "grad_clip": 1.0, "mixed_precision": "auto",
+              "checkpoint_every": 1000, "log_every": 100, "seed": 0, "max_minutes": None, "device": None,
+              "init_from": None, "threads": None},
+    "prior": {"is_complex": False, "data_range": [0.0, 1.0], "summary": "", "display_cmap": "gray"},
+    "vae": None,
+    "export": {"dir": None, "dtype": "float16", "n_samples": 16, "sample_steps": 100, "heldout_eval": True},
+}
+
+
+def load_recipe(path, overrides: Sequence[str] = ()):
+    """Recipe YAML merged over :data:`DEFAULTS` and ``key=value`` overrides (unknown keys are errors)."""
+    p = Path(path)
+    if not p.exists():
+        raise InputFileError(f"recipe {path!r} not found")
+    base = OmegaConf.create(DEFAULTS)
+    OmegaConf.set_struct(base, False)
+    user = OmegaConf.load(p)
+    from .config import check_keys  # shared unknown-key check
+
+    check_keys(user, base, allow_free=("data", "model", "prior", "vae"))
+    cfg = OmegaConf.merge(base, user)
+    if overrides:
+        ov = OmegaConf.from_dotlist(list(overrides))
+        check_keys(ov, cfg, allow_free=("data", "model", "prior", "vae"))
+        cfg = OmegaConf.merge(cfg, ov)
+    return cfg
+
+
+def _lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    prog = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * prog))
+
+
+def _hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}), torch {torch.__version__}"
+    return f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()} threads, torch {torch.__version__}"
+
+
+def _atomic_save(obj, path: Path):
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _device(tc) -> torch.device:
+    device = torch.device(tc.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+def _fit(model, loss_fn, tc, ckpt: Path, name: str, device, progress: bool = True, use_ema: bool = True):
+    """Generic resumable training loop: AdamW + warm-up/cosine, optional EMA, bf16 autocast, time budget.
+
+    ``loss_fn(step_generator) -> scalar loss``. Returns ``(ema or None, step, elapsed_seconds)``.
+    """
+    from diffusers.training_utils import EMAModel
+    from tqdm.auto import tqdm
+
+    amp = tc.mixed_precision
+    amp_dtype = torch.bfloat16 if (amp == "bf16" or (amp == "auto" and device.type == "cuda")) else None
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    budget = None if tc.max_minutes is None else float(tc.max_minutes) * 60
+    clock = {"elapsed": 0.0}  # with a time budget the cosine decay follows max(step, time) progress
+
+    def lr_at(s: int) -> float:
+        total = tc.steps
+        if budget is not None and clock["elapsed"] > 0:
+            total = min(total, max(int(s * budget / clock["elapsed"]), tc.warmup_steps + 1))
+        return _lr_lambda(s, tc.warmup_steps, total, tc.min_lr_ratio)
+
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    ema = EMAModel(model.parameters(), decay=tc.ema_decay, use_ema_warmup=True, power=3 / 4) if use_ema else None
+    step, elapsed = 0, 0.0
+    if ckpt.exists():
+        st = torch.load(ckpt, map_location=device, weights_only=False)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        lr_sched.load_state_dict(st["lr_sched"])
+        if ema is not None:
+            ema.load_state_dict(st["ema"])
+            ema.to(device)
+        step, elapsed = st["step"], st["elapsed"]
+        print(f"resumed {name} from step {step} ({elapsed / 60:.1f} min so far)")
+    g = torch.Generator(device=device).manual_seed(int(tc.seed) * 1000003 + step)
+
+    def save():
+        _atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "lr_sched": lr_sched.state_dict(),
+                      "ema": ema.state_dict() if ema is not None else None, "step": step, "elapsed": elapsed}, ckpt)
+
+    log = open(ckpt.parent / f"{ckpt.stem}_log.jsonl", "a")
+    t0 = time.time()
+    bar = tqdm(total=tc.steps, initial=step, disable=not progress, desc=f"train {name}", dynamic_ncols=True,
+               mininterval=5)
+    loss_acc, n_acc = 0.0, 0
+    model.train()
+    while step < tc.steps:
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = loss_fn(g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if tc.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        opt.step()
+        clock["elapsed"] = elapsed + time.time() - t0
+        lr_sched.step()
+        if ema is not None:
+            ema.step(model.parameters())
+        step += 1
+        loss_acc += loss.detach()
+        n_acc += 1
+        if step % tc.log_every == 0 or step == tc.steps:
+            mean_loss = float(loss_acc / n_acc)
+            loss_acc, n_acc = 0.0, 0
+            log.write(json.dumps({"step": step, "loss": mean_loss, "lr": lr_sched.get_last_lr()[0],
+                                  "minutes": (elapsed + time.time() - t0) / 60}) + "\n")
+            log.flush()
+            bar.set_postfix(loss=f"{mean_loss:.4f}")
+        bar.update(1)
+        if step % tc.checkpoint_every == 0:
+            elapsed += time.time() - t0
+            t0 = time.time()
+            save()
+        if budget is not None and elapsed + time.time() - t0 > budget:
+            print(f"{name}: time budget of {tc.max_minutes} min reached at step {step}")
+            break
+    bar.close()
+    elapsed += time.time() - t0
+    save()
+    log.close()
+    model.eval()
+    return ema, step, elapsed
+
+
+def _diffusion_loss(unet, sched, batch_fn):
+    ab = sched.alphas_cumprod
+    pt = sched.config.prediction_type
+
+    def loss_fn(g):
+        x0 = batch_fn(g)
+        device = x0.device
+        noise = torch.randn(x0.shape, generator=g, device=device)
+        t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), generator=g, device=device)
+        a = ab.to(device)[t].reshape(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        target = noise if pt == "epsilon" else x0 if pt == "sample" else a.sqrt() * noise - (1 - a).sqrt() * x0
+        pred = unet(xt.contiguous(memory_format=torch.channels_last), t).sample
+        return F.mse_loss(pred.float(), target)
+
+    return loss_fn
+
+
+def train(cfg, progress: bool = True) -> Path:
+    """Run (or resume) training for a recipe; returns the export directory.
+
+    A recipe with a ``vae:`` section trains a latent prior in two stages (autoencoder, then latent UNet).
+    """
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    tc = cfg.train
+    if tc.threads:
+        torch.set_num_threads(int(tc.threads))
+    device = _device(tc)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, out / "recipe.yaml")
+    torch.manual_seed(tc.seed)
+    src = build_train_source(**OmegaConf.to_container(cfg.data, resolve=True), device=device)
+    batch_fn = lambda g: src.sample(tc.batch_size, g, device)  # noqa: E731
+    vae_info = None
+    if cfg.get("vae") is not None:
+        from .priors.latent import train_autoencoder
+
+        vae_info = train_autoencoder(cfg, src, device, out, progress)
+        enc = vae_info["encode"]
+        batch_fn = lambda g: enc(src.sample(tc.batch_size, g, device), g)  # noqa: E731
+        channels, size = vae_info["latent_channels"], vae_info["latent_size"]
+    else:
+        channels, size = src.channels, src.image_size[0]
+    model_kw = OmegaConf.to_container(cfg.model, resolve=True)
+    model_kw.setdefault("sample_size", size)
+    model_kw.setdefault("in_channels", channels)
+    model_kw.setdefault("out_channels", channels)
+    unet = UNet2DModel(**model_kw).to(device)
+    if tc.init_from:
+        unet.load_state_dict(UNet2DModel.from_pretrained(tc.init_from, torch_dtype=torch.float32).state_dict())
+    unet = unet.to(memory_format=torch.channels_last)
+    sched = DDPMScheduler(**OmegaConf.to_container(cfg.scheduler, resolve=True))
+    ema, step, elapsed = _fit(unet, _diffusion_loss(unet, sched, batch_fn), tc, out / "checkpoint.pt", cfg.name,
+                              device, progress)
+    return export(cfg, unet, ema, sched, src, step, elapsed, device, vae_info)
+
+
+def export(cfg, unet, ema, sched, src, step: int, elapsed: float, device, vae_info: Optional[dict] = None) -> Path:
+    """Write EMA weights (safetensors), scheduler config, metadata, sample grid and model card."""
+    from diffusers import UNet2DModel
+
+    from .plotting import displayable, save_grid
+    from .priors.diffusers_prior import DiffusersPrior
+    from .samplers.unconditional import sample_ddim
+
+    ec = cfg.export
+    dest = Path(ec.dir) if ec.dir else Path(cfg.output_dir) / "prior"
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    ema_unet = UNet2DModel.from_config(unet.config).to(device)
+    ema.copy_to(ema_unet.parameters())
+    ema_unet.eval()
+    dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[ec.dtype]
+    # Figures below use the weights as shipped (rounded to the export dtype, computed in float32).
+    ema_unet.to(dtype).save_pretrained(tmp / "unet" if vae_info else tmp, safe_serialization=True)
+    ema_unet.to(torch.float32)
+    sched.save_config(tmp)
+    pc = OmegaConf.to_container(cfg.prior, resolve=True)
+    n_params = sum(p.numel() for p in ema_unet.parameters())
+    if vae_info:
+        from .priors.latent import LatentPrior
+
+        vae = vae_info["vae"]
+        vae.to(dtype).save_pretrained(tmp / "vae", safe_serialization=True)
+        vae.to(torch.float32)
+        prior = LatentPrior(ema_unet, vae, dict(sched.config), vae_info["scaling_factor"],
+                            data_range=tuple(pc["data_range"]), name=cfg.name).to(device)
+        n_params += sum(p.numel() for p in vae.parameters())
+    else:
+        prior = DiffusersPrior(ema_unet, dict(sched.config), is_complex=pc["is_complex"],
+                               data_range=tuple(pc["data_range"]), name=cfg.name).to(device)
+
+    samples = sample_ddim(prior, int(ec.n_samples), steps=int(ec.sample_steps), seed=0, device=device)
+    with torch.no_grad():
+        if vae_info:  # decoded images, mapped to [0, 1]
+            lo, hi = prior.data_range
+            shown = (prior.decode(samples) - lo) / (hi - lo)
+        else:
+            shown = samples if pc["is_complex"] else (samples + 1) / 2
+    save_grid(displayable(shown, pc["is_complex"]),
+              tmp / "samples.png", ncols=8, cmap=pc["display_cmap"],
+              suptitle=f"{cfg.name}: {ec.n_samples} unconditional DDIM samples ({ec.sample_steps} steps, "
+                       f"unclipped), step {step}")
+    heldout = _heldout_eval(prior, src, device, vae_info) if ec.heldout_eval else {}
+    size_mb = sum(f.stat().st_size for f in tmp.rglob("*.safetensors")) / 2**20
+    meta = {
+        "name": cfg.name, "kind": "latent" if vae_info else "diffusers", "is_complex": pc["is_complex"],
+        "data_range": pc["data_range"],
+        "summary": pc.get("summary") or f"{src.channels}-channel {src.image_size[0]}x{src.image_size[1]} prior",
+        "image_size": list(src.image_size), "channels": src.channels, "display_cmap": pc["display_cmap"],
+        "training": {"steps": step, "batch_size": int(cfg.train.batch_size), "wall_minutes": round(elapsed / 60, 2),
+                     "hardware": _hardware(device), "parameters": n_params, "weights_mb": round(size_mb, 2),
+                     "weights_dtype": ec.dtype, "data": src.description, "data_info": src.info},
+        "heldout": heldout,
+    }
+    meta.update({k: v for k, v in pc.items() if k not in meta})  # e.g. "normalization"
+    if vae_info:
+        meta["scaling_factor"] = vae_info["scaling_factor"]
+        meta["latent_shape"] = [vae_info["latent_channels"], vae_info["latent_size"], vae_info["latent_size"]]
+        meta["training"]["autoencoder"] = {"steps": vae_info["steps"], "wall_minutes": vae_info["minutes"]}
+    (tmp / "invsolve_prior.json").write_text(json.dumps(meta, indent=2))
+    (tmp / "README.md").write_text(_model_card(cfg, meta))
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+    print(f"exported {cfg.name} to {dest} ({size_mb:.1f} MB, {step} steps, {elapsed / 60:.1f} min)")
+    return dest
+
+
+@torch.no_grad()
+def _heldout_eval(prior, src, device, vae_info: Optional[dict] = None) -> dict:
+    """Tweedie denoising PSNR (prior space, peak-to-peak 2) on held-out vs training images at a few timesteps.
+
+    A prior that generalises denoises held-out images about as well as training images.
+    """
+    if src.heldout is None:
+        return {}
+    held = src.heldout().to(device)
+    g = torch.Generator(device=device).manual_seed(7)
+    train = src.sample(held.shape[0], g, device)
+    if vae_info:  # evaluate in latent space; also report the autoencoder's held-out reconstruction PSNR
+        vae = vae_info["vae"]
+        rec = vae.decode(vae.encode(held).latent_dist.mean).sample
+        vae_psnr = (10 * torch.log10(4.0 / ((rec - held) ** 2).mean(dim=(1, 2, 3)))).mean()
+        held, train = (vae.encode(v).latent_dist.mean * vae_info["scaling_factor"] for v in (held, train))
+    out = {"n_heldout": int(held.shape[0]), "heldout_set": src.info.get("heldout_name", "held-out"),
+           "denoise_psnr_db": {}}
+    for t in (50, 200, 500):
+        row = {}
+        for label, x0 in (("heldout", held), ("train", train)):
+            gg = torch.Generator(device=device).manual_seed(t)
+            noise = torch.randn(x0.shape, generator=gg, device=device)
+            ab = prior.alpha_bar(t).float()
+            xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+            x0_hat, _ = prior.tweedie(xt, t)
+            mse = ((x0_hat - x0) ** 2).mean(dim=(1, 2, 3))
+            row[label] = round(float((10 * torch.log10(4.0 / mse)).mean()), 2)
+        out["denoise_psnr_db"][f"t={t}"] = row
+    if vae_info:
+        out["autoencoder_recon_psnr_db"] = round(float(vae_psnr), 2)
+    return out
+
+
+def _model_card(cfg, meta) -> str:
+    tr = meta["training"]
+    lines = [
+        f"# Model card: `{meta['name']}`", "",
+        meta["summary"], "",
+        "## Model",
+        f"- diffusers `UNet2DModel`, {tr['parameters'] / 1e6:.2f} M parameters, weights in {tr['weights_dtype']} "
+        f"({tr['weights_mb']} MB, safetensors)",
+        f"- input/output: {meta['channels']} channel(s) at {meta['image_size'][0]}x{meta['image_size'][1]}, "
+        f"{'complex images as [Re, Im]' if meta['is_complex'] else 'real images'}; operator-domain data range "
+        f"{meta['data_range']} ↔ prior space [-1, 1]",
+        f"- DDPM epsilon prediction, {cfg.scheduler.num_train_timesteps} steps, {cfg.scheduler.beta_schedule} betas "
+        f"{cfg.scheduler.beta_start}–{cfg.scheduler.beta_end}",
+        "",
+        "## Training",
+        f"- data: {tr['data']}",
+        f"- steps: {tr['steps']} at batch {tr['batch_size']}, AdamW lr {cfg.train.lr} "
+        f"(warm-up {cfg.train.warmup_steps}, cosine to {cfg.train.min_lr_ratio}×), EMA {cfg.train.ema_decay}",
+        f"- wall time: {tr['wall_minutes']} min on {tr['hardware']}",
+        f"- recipe: `configs/train/{meta['name']}.yaml` (reproduce with `invsolve train-prior "
+        f"configs/train/{meta['name']}.yaml`)",
+        "",
+        "## Samples", "", "![samples](samples.png)", "",
+    ]
+    if meta.get("heldout"):
+        h = meta["heldout"]
+        lines += ["## Held-out evaluation", "",
+                  f"Tweedie denoising PSNR (dB, prior space) on {h['n_heldout']} held-out images "
+                  f"({h['heldout_set']}) vs the same number of training draws:", "",
+                  "| timestep | held-out | training |", "|---|---|---|"]
+        for k, v in h["denoise_psnr_db"].items():
+            lines.append(f"| {k} | {v['heldout']} | {v['train']} |")
+        lines.append("")
+    lines += ["Reconstruction figures for this prior are in `BENCHMARKS.md`.", ""]
+    return "\n".join(lines)
+
+
+def main(recipe: str, overrides: Optional[Sequence[str]] = None, progress: bool = True) -> Path:
+    cfg = load_recipe(recipe, overrides or ())
+    return train(cfg, progress=progress)
+
+
+def export_from_checkpoint(recipe: str, overrides: Sequence[str] = ()) -> Path:
+    """Export a pixel prior from the latest ``checkpoint.pt`` of a (possibly still running) training."""
+    from diffusers import DDPMScheduler, UNet2DModel
+    from diffusers.training_utils import EMAModel
+
+    cfg = load_recipe(recipe, overrides)
+    device = _device(cfg.train)
+    src = build_train_source(**OmegaConf.to_container(cfg.data, resolve=True), device=device)
+    model_kw = OmegaConf.to_container(cfg.model, resolve=True)
+    model_kw.setdefault("sample_size", src.image_size[0])
+    model_kw.setdefault("in_channels", src.channels)
+    model_kw.setdefault("out_channels", src.channels)
+    unet = UNet2DModel(**model_kw).to(device)
+    st = torch.load(Path(cfg.output_dir) / "checkpoint.pt", map_location=device, weights_only=False)
+    unet.load_state_dict(st["model"])
+    ema = EMAModel(unet.parameters(), decay=cfg.train.ema_decay)
+    ema.load_state_dict(st["ema"])
+    ema.to(device)
+    sched = DDPMScheduler(**OmegaConf.to_container(cfg.scheduler, resolve=True))
+    return export(cfg, unet, ema, sched, src, st["step"], st["elapsed"], device)
+
+
+if __name__ == "__main__":  # python -m invsolve.train RECIPE [key=value ...]
+    import sys
+
+    main(sys.argv[1], sys.argv[2:], progress=sys.stderr.isatty())
