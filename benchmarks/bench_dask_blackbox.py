@@ -34,6 +34,15 @@ def allen_cahn(u0, steps=1000, D=0.2, dt=0.2):
     return u[::4, ::4].ravel()
 
 
+def _cpu_pressure():
+    """Linux PSI line 'some avg10=... avg60=...' (share of time runnable tasks waited for a CPU), or None."""
+    try:
+        with open("/proc/pressure/cpu") as fh:
+            return fh.readline().strip()
+    except OSError:
+        return None
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--items", type=int, default=16)
@@ -54,7 +63,7 @@ def main():
     shape_in, shape_out = (1, n, n), ((n // 4) ** 2,)
     serial = BlackBox(fn, shape_in, shape_out, batched=False)
     y_serial = serial(x[:2])
-    load_before = os.getloadavg()
+    load_before, pressure_before = os.getloadavg(), _cpu_pressure()
     # Serial and Dask runs are interleaved (serial, then each chunking, per repeat) so that a change in the load
     # from other processes on the machine hits both alike; the speed-up is the median of the per-repeat ratios.
     times = {"serial": []}
@@ -105,6 +114,8 @@ def main():
         "cpu_count": os.cpu_count(),
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
+        "cpu_pressure_before": pressure_before,
+        "cpu_pressure_after": _cpu_pressure(),
         "identical_results": True,
         "versions": {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
                      "dask": dask.__version__, "distributed": distributed.__version__},

@@ -200,6 +200,6 @@ def _check_prior_fits(prior: Prior, operator: Operator):
                          f"{type(operator).__name__} acts on {kind} images")
     want = operator.input_shape
     have = prior.operator_shape
-    if want is not None and tuple(w for w in want) != tuple(have):
+    if want is not None and (len(want) != len(have) or any(w is not None and w != h for w, h in zip(want, have))):
         raise ShapeError(f"prior {prior.name!r} models images of shape {tuple(have)} but the operator expects "
                          f"{tuple(want)}; use a prior trained at that size or resize the problem")

@@ -11,7 +11,8 @@ from .errors import UnknownNameError
 def check_keys(user, base, allow_free: Iterable[str] = (), prefix: str = ""):
     """Raise :class:`UnknownNameError` for keys of ``user`` missing from ``base`` (recursively).
 
-    Sections named in ``allow_free`` (top level) accept any keys (e.g. model kwargs).
+    Sections named in ``allow_free`` (top level) and sections whose default is an empty mapping accept any keys
+    (e.g. model kwargs, sampler options); those are validated by whoever consumes them.
     """
     if not isinstance(user, DictConfig):
         return
@@ -24,7 +25,7 @@ def check_keys(user, base, allow_free: Iterable[str] = (), prefix: str = ""):
         if prefix == "" and k in allow_free:
             continue
         sub_u, sub_b = user[k], base[k]
-        if isinstance(sub_u, DictConfig) and isinstance(sub_b, DictConfig):
+        if isinstance(sub_u, DictConfig) and isinstance(sub_b, DictConfig) and len(sub_b) > 0:
             check_keys(sub_u, sub_b, (), prefix=f"{path}.")
 
 

@@ -62,13 +62,16 @@ def save_grid(images: np.ndarray, path, ncols: int = 8, cmap: str = "gray", vmin
 
 def reconstruction_figure(panels: Dict[str, np.ndarray], path, truth_key: Optional[str] = "truth",
                           titles: Optional[Dict[str, str]] = None, suptitle: Optional[str] = None,
-                          cmap: str = "gray"):
+                          cmap: str = "gray", error_of: Optional[str] = None):
     """One row per item: each panel (``(N, H, W)`` or ``(N, H, W, 3)``) plus, when ``truth_key`` is present, an
-    absolute-error map of the last panel against the truth."""
+    absolute-error map of panel ``error_of`` (default: the last panel) against the truth.
+
+    ``titles`` maps a panel key to its column title and ``"key#row"`` to a per-cell subtitle (e.g. metrics)."""
     plt = _mpl()
     keys = list(panels)
     n = len(panels[keys[0]])
     with_err = truth_key in panels and len(keys) > 1
+    err_key = error_of if error_of in panels else keys[-1]
     ncols = len(keys) + int(with_err)
     fig, axes = plt.subplots(n, ncols, figsize=(2.2 * ncols, 2.3 * n + 0.4), squeeze=False)
     vmax = max(float(np.percentile(panels[k], 99.5)) for k in keys)
@@ -83,11 +86,11 @@ def reconstruction_figure(panels: Dict[str, np.ndarray], path, truth_key: Option
             ax.set_title("\n".join(s for s in (t, sub) if s), fontsize=8)
             ax.axis("off")
         if with_err:
-            err = np.abs(panels[keys[-1]][r] - panels[truth_key][r])
+            err = np.abs(panels[err_key][r] - panels[truth_key][r])
             err = err.mean(-1) if err.ndim == 3 else err
             ax = axes[r, -1]
             ax.imshow(err, cmap="inferno", vmin=0, vmax=max(float(np.percentile(err, 99.5)), 1e-8))
-            ax.set_title(f"|{keys[-1]} - {truth_key}|" if r == 0 else "", fontsize=8)
+            ax.set_title(f"|{err_key} - {truth_key}|" if r == 0 else "", fontsize=8)
             ax.axis("off")
     if suptitle:
         fig.suptitle(suptitle, fontsize=9)

@@ -36,6 +36,17 @@ def test_numpy_fn_end_to_end():
         op(torch.zeros(2, 1, 4, 4))
 
 
+def test_shapes_are_optional_but_outputs_must_agree():
+    x = _x(6)
+    torch.testing.assert_close(BlackBox(project)(x), BlackBox(project, (1, 3, 4), (5,))(x))
+
+    def ragged(batch):  # the second chunk returns a different per-item shape
+        return project(batch) if batch[0, 0, 0, 0] == x[0, 0, 0, 0].item() else project(batch)[:, :4]
+
+    with pytest.raises(BlackBoxError, match=r"items 3-5 \(chunk 1 = items 3\.\.5\): output has shape \(3, 4\)"):
+        BlackBox(ragged, chunk_size=3)(x)
+
+
 def test_per_item_chunks_and_torch_backend():
     seen = []
 
@@ -90,6 +101,8 @@ def test_process_executor_and_nan_item():
         assert err.value.items == [6] and err.value.chunks == [1]
         op2 = BlackBox(functools.partial(np.multiply, 3.0), (1, 3, 4), (1, 3, 4), batched=False, executor=ex)
         torch.testing.assert_close(op2(x), 3 * x)
+        with pytest.raises(BlackBoxError, match="executor task failed .*picklable"):  # lambdas do not pickle
+            BlackBox(lambda b: b, executor=ex)(x)
 
 
 def test_malformed_outputs_name_the_items():

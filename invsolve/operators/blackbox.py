@@ -4,6 +4,7 @@
 derivative-free samplers (EnKG, DPS-GSG, ...). ``forward`` runs under ``torch.no_grad``: no gradient flows through
 ``fn`` (the output never requires grad), so samplers that need one must use a differentiable operator.
 
+* ``BlackBox(fn)`` is enough; ``input_shape`` / ``output_shape`` (per item) add checks and document the model.
 * ``batched=True``: ``fn(batch) -> batch`` on ``(n, *input_shape) -> (n, *output_shape)``;
   ``batched=False``: ``fn(item) -> item`` on ``input_shape -> output_shape``.
 * ``backend="numpy"`` (default) hands ``fn`` numpy arrays; ``"torch"`` hands it torch tensors (on the input's device
@@ -52,19 +53,19 @@ class BlackBoxError(InvsolveError, RuntimeError):
 # -- work done on the executor (module level so that it pickles) ---------------------------------------------
 def _call_chunk(fn: Callable, chunk: Any, batched: bool) -> Tuple[str, Any]:
     """Evaluate ``fn`` on a chunk. Returns ``("ok", output)`` for a batched call, ``("items", [per-item results])``
-    for per-item calls (each ``("ok", out)`` or ``("raised", text)``), or ``("raised", text)`` when a batched call
-    raised. Exceptions are turned into text so that nothing unpicklable travels back."""
+    for per-item calls (each ``("ok", out)`` or ``("raised", reason)``), or ``("raised", reason)`` when a batched
+    call raised. Exceptions are turned into text so that nothing unpicklable travels back."""
     if batched:
         try:
             return "ok", fn(chunk)
         except Exception as exc:  # noqa: BLE001 - reported to the user with the item indices
-            return "raised", _describe(exc)
+            return "raised", "fn raised " + _describe(exc)
     results = []
     for item in chunk:
         try:
             results.append(("ok", fn(item)))
         except Exception as exc:  # noqa: BLE001
-            results.append(("raised", _describe(exc)))
+            results.append(("raised", "fn raised " + _describe(exc)))
     return "items", results
 
 
@@ -104,7 +105,8 @@ class BlackBox(Operator):
     Args:
         fn: ``fn(batch) -> batch`` (``batched=True``) or ``fn(item) -> item``.
         input_shape, output_shape: per-item shapes without the batch axis, e.g. ``(1, 64, 64)`` and ``(4096,)``;
-            ``None`` entries are free.
+            ``None`` entries are free. ``None`` (the default): not checked, except that every item's output must
+            have the shape of the first one (``BlackBox(fn)`` is enough).
         batched: whether ``fn`` takes a batch or a single item.
         executor: a ``concurrent.futures.Executor`` (or a Dask client's ``get_executor()``), or ``None`` to call
             ``fn`` in this thread.
@@ -121,8 +123,8 @@ class BlackBox(Operator):
     def __init__(
         self,
         fn: Callable,
-        input_shape: Sequence[Optional[int]],
-        output_shape: Sequence[Optional[int]],
+        input_shape: Optional[Sequence[Optional[int]]] = None,
+        output_shape: Optional[Sequence[Optional[int]]] = None,
         batched: bool = True,
         executor: Optional[Executor] = None,
         chunk_size: Optional[int] = None,
@@ -142,7 +144,8 @@ class BlackBox(Operator):
         if executor is not None and not callable(getattr(executor, "submit", None)):
             raise TypeError(f"executor must be a concurrent.futures.Executor (with .submit), got {type(executor)}")
         self.fn, self.batched, self.executor, self.chunk_size, self.backend = fn, batched, executor, chunk_size, backend
-        self.input_shape, self.output_shape = tuple(input_shape), tuple(output_shape)
+        self.input_shape = None if input_shape is None else tuple(input_shape)
+        self.output_shape = None if output_shape is None else tuple(output_shape)
         self.is_complex, self.measurement_complex = bool(input_complex), bool(output_complex)
         self.default_prior = default_prior
 
@@ -162,18 +165,22 @@ class BlackBox(Operator):
             return x if self.executor is None else x.cpu()
         return x.cpu().numpy()
 
-    def _as_tensor(self, out: Any, want: Tuple, what: str) -> Tuple[Optional[torch.Tensor], Optional[str]]:
-        """``(tensor, None)`` for a well-formed output, ``(None, reason)`` otherwise."""
+    def _as_tensor(self, out: Any, n: Optional[int], item_shape) -> Tuple[Optional[torch.Tensor], Optional[str]]:
+        """``(tensor, None)`` for a well-formed output of ``n`` items (``None``: one item), else ``(None, reason)``.
+
+        ``item_shape`` ``None`` accepts any per-item shape."""
         try:
             t = out if isinstance(out, torch.Tensor) else torch.as_tensor(np.asarray(out))
         except Exception as exc:  # noqa: BLE001
-            return None, f"{what} is a {type(out).__name__}, not an array ({exc})"
+            return None, f"output is a {type(out).__name__}, not an array ({exc})"
         if t.is_complex() and not self._y_complex:
-            return None, f"{what} is complex ({t.dtype}) but output_complex=False"
+            return None, f"output is complex ({t.dtype}) but output_complex=False"
         if not (t.is_complex() or t.is_floating_point() or t.dtype in (torch.int32, torch.int64, torch.bool)):
-            return None, f"{what} has dtype {t.dtype}, expected a numeric array"
+            return None, f"output has dtype {t.dtype}, expected a numeric array"
+        lead = () if n is None else (n,)
+        want = lead + (tuple(t.shape[len(lead) :]) if item_shape is None else tuple(item_shape))
         if not _shape_ok(tuple(t.shape), want):
-            return None, f"{what} has shape {tuple(t.shape)}, expected {_fmt_shape(want)}"
+            return None, f"output has shape {tuple(t.shape)}, expected {_fmt_shape(want)}"
         return t, None
 
     # -- forward ------------------------------------------------------------------------------------------
@@ -187,7 +194,8 @@ class BlackBox(Operator):
         real = x.real.dtype if x.is_complex() else x.dtype
         out_dtype = (torch.complex128 if real == torch.float64 else torch.complex64) if self._y_complex else real
         if B == 0:
-            return torch.empty((0,) + tuple(s or 0 for s in self.output_shape), dtype=out_dtype, device=x.device)
+            shape = tuple(s or 0 for s in self.output_shape or ())
+            return torch.empty((0,) + shape, dtype=out_dtype, device=x.device)
         spans = self._chunks(B)
         args = [self._to_fn(x[lo:hi]) for lo, hi in spans]
         if self.executor is None:
@@ -199,36 +207,33 @@ class BlackBox(Operator):
                 try:
                     raw.append(fut.result())
                 except Exception as exc:  # noqa: BLE001 - e.g. fn not picklable, worker died
-                    raw.append(("raised", _describe(exc)))
+                    raw.append(("failed", "the executor task failed (is fn picklable? did a worker die?): "
+                                + _describe(exc)))
 
         outputs: List[Optional[torch.Tensor]] = []
         problems: List[Tuple[List[int], int, str]] = []  # (items, chunk, reason)
+        item_shape = self.output_shape  # without one, the first valid output fixes it
         for c, ((lo, hi), (kind, payload)) in enumerate(zip(spans, raw)):
-            if kind == "raised":
-                problems.append((list(range(lo, hi)), c, f"fn raised {payload}"))
-                outputs.append(None)
-            elif kind == "ok":
-                t, reason = self._as_tensor(payload, (hi - lo,) + self.output_shape, "output")
-                if reason:
-                    problems.append((list(range(lo, hi)), c, reason))
-                elif not _finite(t).all():
+            if kind != "items":
+                t, reason = (None, payload) if kind != "ok" else self._as_tensor(payload, hi - lo, item_shape)
+                if reason is None and not _finite(t).all():
                     bad = (~_finite(t).reshape(hi - lo, -1).all(dim=1)).nonzero().flatten()
                     problems.append(([lo + int(i) for i in bad], c, "output contains NaN/Inf"))
+                elif reason is not None:
+                    problems.append((list(range(lo, hi)), c, reason))
+                item_shape = item_shape if t is None or item_shape is not None else tuple(t.shape[1:])
                 outputs.append(t)
-            else:  # per-item results
-                items = []
-                for i, (ikind, val) in enumerate(payload):
-                    if ikind == "raised":
-                        problems.append(([lo + i], c, f"fn raised {val}"))
-                        items.append(None)
-                        continue
-                    t, reason = self._as_tensor(val, self.output_shape, "output")
-                    if reason is None and not _finite(t).all():
-                        reason = "output contains NaN/Inf"
-                    if reason:
-                        problems.append(([lo + i], c, reason))
-                    items.append(t)
-                outputs.append(None if any(t is None for t in items) else torch.stack(items))
+                continue
+            items = []
+            for i, (ikind, val) in enumerate(payload):
+                t, reason = (None, val) if ikind != "ok" else self._as_tensor(val, None, item_shape)
+                if reason is None and not _finite(t).all():
+                    reason = "output contains NaN/Inf"
+                if reason is not None:
+                    problems.append(([lo + i], c, reason))
+                item_shape = item_shape if t is None or item_shape is not None else tuple(t.shape)
+                items.append(t)
+            outputs.append(None if any(t is None for t in items) else torch.stack(items))
         if problems:
             raise self._error(problems, B, spans)
         return torch.cat([o.to(device=x.device, dtype=out_dtype) for o in outputs])

@@ -191,7 +191,8 @@ def solve_vorticity(
                 f"(max speed {float(speed.max()):.3g}); the input vorticity is far outside the data range"
             )
         if dt is None:
-            step_dt = torch.minimum(CFL * h / speed.to(time_dtype).clamp_min(1e-12), torch.full_like(t, dt_diffusive))
+            advective = CFL * h / speed.detach().to(time_dtype).clamp_min(1e-12)
+            step_dt = torch.minimum(advective, torch.full_like(t, dt_diffusive))
         else:
             step_dt = torch.full_like(t, dt)
         step_dt = torch.where(active, torch.minimum(step_dt, remaining), torch.zeros_like(t))

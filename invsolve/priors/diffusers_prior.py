@@ -84,10 +84,20 @@ def _default_scheduler() -> dict:
 
 def load_diffusers_prior(source: str, *, device=None, dtype: torch.dtype = torch.float32, name: Optional[str] = None,
                          is_complex: Optional[bool] = None, data_range=None, max_batch: Optional[int] = None,
-                         card: Optional[dict] = None) -> DiffusersPrior:
-    """Load a ``UNet2DModel`` prior from a local directory (flat or pipeline layout) or a hub id."""
+                         card: Optional[dict] = None, config=None, scheduler_config=None) -> Prior:
+    """Load a ``UNet2DModel`` prior from a local directory (flat or pipeline layout), a weights file or a hub id.
+
+    A weights file (``diffusion_pytorch_model.safetensors``, ``.bin``, ...) needs the UNet's ``config.json``: beside
+    the file or given as ``config=`` (path or dict); ``scheduler_config=`` (path or dict) or a
+    ``scheduler_config.json`` beside it sets the schedule (default: linear DDPM). A ``ScoreSdeVeScheduler``
+    config gives a :class:`~invsolve.priors.ve.VEPrior`; every other scheduler a :class:`DiffusersPrior`.
+    ``dtype`` (e.g. ``torch.float16``, ``"bf16"``) sets the network's dtype; inputs and outputs stay float32.
+    """
     from diffusers import UNet2DModel
 
+    from .checkpoint import as_dtype
+
+    dtype = as_dtype(dtype)
     p = Path(source).expanduser()
     meta: dict = {}
     if p.is_dir():
@@ -101,13 +111,15 @@ def load_diffusers_prior(source: str, *, device=None, dtype: torch.dtype = torch
                                  f"DDPMPipeline directory with unet/ and scheduler/")
         if (p / META_FILE).exists():
             meta = _read_json(p / META_FILE)
-        unet = UNet2DModel.from_pretrained(str(unet_dir), torch_dtype=dtype)
+        unet = UNet2DModel.from_pretrained(str(unet_dir), torch_dtype=dtype, low_cpu_mem_usage=False)
         sched = _read_json(sched_file) if sched_file.exists() else _default_scheduler()
+    elif p.is_file():
+        unet, sched = _load_weights_file(p, config, scheduler_config, dtype)
     else:
         if source.startswith((".", "~", "/")) or source.count("/") != 1 or p.exists():
             raise InputFileError(f"prior directory {source!r} does not exist (and it is not a hub id 'org/name')")
         unet, sched = _load_from_hub(source, dtype)
-    prior = DiffusersPrior(
+    prior = _make_prior(
         unet, sched,
         is_complex=meta.get("is_complex", False) if is_complex is None else is_complex,
         data_range=tuple(meta.get("data_range", (0.0, 1.0))) if data_range is None else data_range,
@@ -118,16 +130,64 @@ def load_diffusers_prior(source: str, *, device=None, dtype: torch.dtype = torch
     return prior.to(device) if device is not None else prior
 
 
-def _load_from_hub(repo_id: str, dtype):
+def _make_prior(unet, sched: dict, **kwargs) -> Prior:
+    """The prior class the scheduler config calls for (VE for ``ScoreSdeVeScheduler``)."""
+    if sched.get("_class_name") == "ScoreSdeVeScheduler":
+        from .ve import ve_prior_from_diffusers
+
+        return ve_prior_from_diffusers(unet, sched, **kwargs)
+    return DiffusersPrior(unet, sched, **kwargs)
+
+
+def _config_dict(cfg, what: str) -> dict:
+    if isinstance(cfg, dict):
+        return dict(cfg)
+    path = Path(cfg).expanduser()
+    if not path.is_file():
+        raise InputFileError(f"{what} {str(path)!r} does not exist")
+    return _read_json(path)
+
+
+def _load_weights_file(path: Path, config, scheduler_config, dtype):
+    """A ``UNet2DModel`` from a single weights file and its config (given, or ``config.json`` beside the file)."""
     from diffusers import UNet2DModel
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    from .checkpoint import load_state_dict_checked, read_state_dict
+
+    if config is None:
+        if not (path.parent / "config.json").exists():
+            raise InputFileError(
+                f"{str(path)!r} is a weights file without its UNet2DModel config: put config.json beside it or "
+                f"pass config='path/to/config.json' (or a dict); for an OpenAI ADM checkpoint pass arch=... "
+                f"(e.g. arch='adm-ffhq256')")
+        config = path.parent / "config.json"
+    cfg = _config_dict(config, "config")
+    if cfg.get("_class_name", "UNet2DModel") != "UNet2DModel":
+        raise InputFileError(f"config {config!r} describes a {cfg['_class_name']}, not a UNet2DModel")
+    unet = UNet2DModel.from_config(cfg)
+    load_state_dict_checked(unet, read_state_dict(path), repr(str(path)), hint="check that config matches the file")
+    if scheduler_config is None and (path.parent / "scheduler_config.json").exists():
+        scheduler_config = path.parent / "scheduler_config.json"
+    sched = _default_scheduler() if scheduler_config is None else _config_dict(scheduler_config, "scheduler_config")
+    return unet.to(dtype).eval(), sched
+
+
+def _load_from_hub(repo_id: str, dtype):
+    from diffusers import UNet2DModel
+    from huggingface_hub import constants
+
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     try:
         from huggingface_hub import hf_hub_download
 
-        unet = UNet2DModel.from_pretrained(repo_id, subfolder="unet", torch_dtype=dtype)
+        kw = dict(torch_dtype=dtype, low_cpu_mem_usage=False, local_files_only=offline)
+        try:  # pipeline layout (unet/ + scheduler/), else a bare UNet2DModel repository
+            unet, prefix = UNet2DModel.from_pretrained(repo_id, subfolder="unet", **kw), "scheduler/"
+        except EnvironmentError:
+            unet, prefix = UNet2DModel.from_pretrained(repo_id, **kw), ""
         try:
-            sched = _read_json(Path(hf_hub_download(repo_id, "scheduler/scheduler_config.json")))
+            sched = _read_json(Path(hf_hub_download(repo_id, prefix + "scheduler_config.json",
+                                                    local_files_only=offline)))
         except Exception:
             sched = _default_scheduler()
         return unet, sched

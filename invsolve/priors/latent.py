@@ -80,8 +80,8 @@ def load_latent_prior(source: str, *, device=None, dtype=torch.float32, name=Non
     if not (p / META_FILE).exists():
         raise InputFileError(f"{p} has no {META_FILE}; a latent prior directory needs unet/, vae/ and {META_FILE}")
     meta = json.loads((p / META_FILE).read_text())
-    unet = UNet2DModel.from_pretrained(str(p / "unet"), torch_dtype=dtype)
-    vae = AutoencoderKL.from_pretrained(str(p / "vae"), torch_dtype=dtype)
+    unet = UNet2DModel.from_pretrained(str(p / "unet"), torch_dtype=dtype, low_cpu_mem_usage=False)
+    vae = AutoencoderKL.from_pretrained(str(p / "vae"), torch_dtype=dtype, low_cpu_mem_usage=False)
     sched = json.loads((p / "scheduler_config.json").read_text())
     prior = LatentPrior(unet, vae, sched, meta["scaling_factor"],
                         data_range=tuple(overrides.get("data_range") or meta.get("data_range", (0, 1))),

@@ -56,10 +56,13 @@ def prior_dir(name: str) -> Path:
 
 def load_prior(name_or_path: Union[str, Path, Prior], *, device: Optional[Union[str, torch.device]] = None,
                dtype: torch.dtype = torch.float32, **overrides) -> Prior:
-    """Load a prior by embedded name, local directory or hub id (a :class:`Prior` is returned unchanged).
+    """Load a prior by embedded name, local directory, weights file or hub id (a :class:`Prior` is returned as is).
 
     Keyword overrides (``is_complex``, ``data_range``, ``max_batch``, ``name``) replace what the directory's
     ``invsolve_prior.json`` says; use them for third-party diffusers models (default: real, data range [0, 1]).
+    A weights file (``.pt``/``.pth``/``.safetensors``) with ``arch=`` is an ADM checkpoint
+    (:func:`invsolve.priors.adm.load_adm_prior`); without it, a diffusers ``UNet2DModel`` weights file with its
+    ``config.json`` beside it or passed as ``config=``. ``dtype`` may be a torch dtype or a name ("fp16", "bf16").
     """
     if isinstance(name_or_path, Prior):
         return name_or_path.to(device) if device is not None else name_or_path
@@ -73,7 +76,9 @@ def load_prior(name_or_path: Union[str, Path, Prior], *, device: Optional[Union[
             raise UnknownNameError(f"unknown prior {src!r}; embedded priors: {sorted(emb) or 'none installed'}. "
                                    f"You can also pass a local directory or a Hugging Face hub id ('org/name').")
     kind = "diffusers"
-    if path.is_dir() and (path / META_FILE).exists():
+    if "arch" in overrides and not path.is_dir():  # checkpoint file + architecture preset (ADM)
+        kind = "adm"
+    elif path.is_dir() and (path / META_FILE).exists():
         kind = json.loads((path / META_FILE).read_text()).get("kind", "diffusers")
     if kind not in LOADERS:
         _import_optional_loaders()
