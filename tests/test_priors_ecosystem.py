@@ -4,6 +4,7 @@ dtypes, resolution/channel adapters. deepinv interop lives in test_prior_deepinv
 Every model here is tiny and randomly initialised; "identical" means bit-identical network outputs between the
 in-memory model and the one loaded from its saved layout.
 """
+import json
 import math
 import time
 
@@ -154,6 +155,13 @@ def test_adm_checkpoint_loads_identically(tmp_path, preset, suffix):
         assert torch.equal(e, prior.eps(x, t)) and v.shape == e.shape
     ab = prior.alphas_cumprod
     assert ab.shape == (1000,) and torch.allclose(ab, linear_alphas_cumprod())
+    # a directory with invsolve_prior.json {"kind": "adm", ...} loads the same weights, its options win
+    (tmp_path / "dir").mkdir()
+    path.rename(tmp_path / "dir" / path.name)
+    meta = {"kind": "adm", "arch": preset, "arch_overrides": TINY, "weights": path.name, "data_range": [0, 2]}
+    (tmp_path / "dir" / "invsolve_prior.json").write_text(json.dumps(meta))
+    from_dir = load_prior(tmp_path / "dir")
+    assert from_dir.data_range == (0.0, 2.0) and torch.equal(from_dir.eps(x, t), ref.eps(x, t))
     assert abs(float(ab[0]) - (1 - 1e-4)) < 1e-12 and float(ab[-1]) < 5e-5
 
 
@@ -266,7 +274,9 @@ def test_denoiser_priors_give_the_exact_posterior_mean_in_both_views(name):
     assert torch.allclose(x0.double(), want, atol=2e-3 * float(want.abs().max()), rtol=1e-3)
     assert torch.allclose(e.double(), (x_vp.double() / ab.sqrt() - want) / s, atol=1e-3, rtol=1e-3)
     assert torch.allclose(prior.sigma_at(t.double()), prior.log_sigmas[t].exp())
-    assert prior.nfe == 2
+    d = prior.denoise(x, torch.tensor([0.0, 1.0, 0.0]))  # sigma = 0: nothing to remove (no log(0) in the network)
+    assert torch.equal(d[0], x[0]) and torch.equal(d[2], x[2]) and torch.isfinite(d).all()
+    assert prior.nfe == 3
 
 
 def test_edm_tables():

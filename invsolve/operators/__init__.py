@@ -26,6 +26,10 @@ def __getattr__(name):  # black-box and PDE operators are imported lazily (heavi
         from . import blackbox
 
         return getattr(blackbox, name)
+    if name == "from_deepinv":
+        from .deepinv_adapter import from_deepinv
+
+        return from_deepinv
     if name in ("NavierStokes2D",):
         from . import navier_stokes
 

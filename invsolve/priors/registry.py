@@ -14,6 +14,7 @@ import torch
 
 from ..errors import UnknownNameError
 from .base import Prior
+from .checkpoint import as_dtype
 from .diffusers_prior import META_FILE, load_diffusers_prior
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -66,6 +67,7 @@ def load_prior(name_or_path: Union[str, Path, Prior], *, device: Optional[Union[
     """
     if isinstance(name_or_path, Prior):
         return name_or_path.to(device) if device is not None else name_or_path
+    dtype = as_dtype(dtype)
     src = str(name_or_path)
     emb = _embedded()
     if src in emb:

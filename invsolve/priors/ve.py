@@ -73,14 +73,20 @@ class DenoiserPrior(Prior):
         raise NotImplementedError
 
     def denoise(self, x: Tensor, sigma) -> Tensor:
+        """``D(x; sigma)``, one network call (chunked by ``max_batch``); ``D(x; 0) = x``."""
         sigma = torch.as_tensor(sigma, device=x.device, dtype=torch.float64)
         if sigma.dim() == 0:
             sigma = sigma.expand(x.shape[0])
         self.nfe += 1
         if self.max_batch is None or x.shape[0] <= self.max_batch:
-            return self._denoise_net(x, sigma)
-        return torch.cat([self._denoise_net(xc, sc) for xc, sc in
+            return self._denoise_or_identity(x, sigma)
+        return torch.cat([self._denoise_or_identity(xc, sc) for xc, sc in
                           zip(x.split(self.max_batch), sigma.split(self.max_batch))])
+
+    def _denoise_or_identity(self, x: Tensor, sigma: Tensor) -> Tensor:
+        clean = (sigma <= 0).reshape(-1, *([1] * (x.dim() - 1)))
+        d = self._denoise_net(x, torch.where(sigma > 0, sigma, self.log_sigmas[0].exp()))
+        return torch.where(clean, x, d)
 
     # -- VP view ----------------------------------------------------------------------------
     def sigma_at(self, t: Tensor) -> Tensor:
