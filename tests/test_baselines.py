@@ -9,9 +9,9 @@ import torch
 from diffusers import UNet2DModel
 
 import invsolve as inv
-from invsolve.errors import UnknownNameError
+from invsolve.errors import InvsolveError, UnknownNameError
 from invsolve.eval.metrics import psnr
-from invsolve.operators import Blur, Inpainting, MultiCoilMRI, SingleCoilMRI, coils, masks, uniform_kernel
+from invsolve.operators import Blur, Inpainting, MultiCoilMRI, Operator, SingleCoilMRI, coils, masks, uniform_kernel
 from invsolve.operators.noise import GaussianNoise
 from invsolve.priors import DiffusersPrior
 from invsolve.samplers.ddnm import lin_from_prior, lin_to_prior
@@ -23,6 +23,13 @@ SCHED = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "bet
          "prediction_type": "epsilon"}
 
 
+def _tiny_unet(cin):
+    torch.manual_seed(0)
+    return UNet2DModel(sample_size=16, in_channels=cin, out_channels=cin, block_out_channels=(8, 16),
+                       layers_per_block=1, norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D"))
+
+
 def _close(a, b, rtol=1e-4):
     """Equal to float tolerance relative to the image's scale (batched convolutions/FFTs round differently)."""
     return bool((a - b).abs().max() <= rtol * b.abs().max())
@@ -31,11 +38,7 @@ def _close(a, b, rtol=1e-4):
 @pytest.fixture(scope="module")
 def tiny():
     """A random 16x16 complex prior and a 4-coil 4x MRI problem with two items."""
-    torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=16, in_channels=2, out_channels=2, block_out_channels=(8, 16),
-                       layers_per_block=1, norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
-                       up_block_types=("UpBlock2D", "UpBlock2D"))
-    prior = DiffusersPrior(unet, SCHED, is_complex=True, name="tiny")
+    prior = DiffusersPrior(_tiny_unet(cin=2), SCHED, is_complex=True, name="tiny")
     op = MultiCoilMRI(coils.birdcage(4, (16, 16)), masks.uniform1d((16, 16), 4, 0.125, seed=0))
     x = torch.randn(2, 1, 16, 16, dtype=torch.complex64, generator=torch.Generator().manual_seed(1)) * 0.5
     return prior, op, op(x)
@@ -79,6 +82,25 @@ def test_bad_knob_values_are_errors(tiny, name, kw):
     prior, op, y = tiny
     with pytest.raises(ValueError):
         inv.solve(y, op, prior=prior, sampler=name, steps=None if name == "tv" else 2, **kw)
+
+
+class _Square(Operator):
+    """A nonlinear differentiable forward model ``y = x²`` on (B, 1, 16, 16) real images."""
+
+    input_shape = output_shape = (1, 16, 16)
+
+    def forward(self, x):
+        return x * x
+
+
+def test_dps_runs_on_a_nonlinear_operator_and_linear_samplers_refuse_it(tiny):
+    real = DiffusersPrior(_tiny_unet(cin=1), SCHED, name="tiny-real")
+    op = _Square()
+    y = op(torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0)))
+    res = inv.solve(y, op, prior=real, sampler="dps", steps=3)
+    assert res.nfe == 3 and torch.isfinite(res.x).all() and res.info["residual"].shape == (3, 2)
+    with pytest.raises(InvsolveError, match="linear"):
+        inv.solve(y, op, prior=real, sampler="ddnm", steps=3)
 
 
 def test_dps_edm_form_and_beta_variance_run(tiny):

@@ -104,3 +104,28 @@ def test_list_and_help(capsys):
     assert "dds" in out and "cg" in out
     with pytest.raises(SystemExit):
         main(["--help"])
+
+
+def test_reconstruct_from_fastmri_style_h5_with_espirit(tmp_path):
+    pytest.importorskip("sigpy")
+    h5py = pytest.importorskip("h5py")
+    from invsolve.data.mri import heldout_slices
+    from invsolve.operators import coils, fft2c, masks
+
+    x, _ = heldout_slices(64, n=2)
+    maps = coils.birdcage(6, (64, 64))
+    m = masks.uniform1d((64, 64), 3, center_fraction=0.3, seed=0)
+    k = (m * fft2c(maps[None] * x)).numpy()  # (slices, coils, H, W), unsampled lines zero as in fastMRI
+    with h5py.File(tmp_path / "scan.h5", "w") as f:
+        f.create_dataset("kspace", data=k)
+    out = tmp_path / "o"
+    assert main(["reconstruct", CFG, "problem.source=kspace", f"problem.path={tmp_path / 'scan.h5'}",
+                 "problem.slice=1", "problem.espirit_calib=16", "solver.sampler=cg", "baselines=[adjoint]",
+                 f"output.dir={out}", "--no-progress"]) == 0
+    rec = np.load(out / "reconstruction.npy")[0, 0]
+    truth = x[1, 0].numpy()
+    obj = np.abs(truth) > 0.2
+    rel = np.linalg.norm((np.abs(rec) - np.abs(truth))[obj]) / np.linalg.norm(np.abs(truth)[obj])
+    assert rel < 0.25, rel
+    meta = json.loads((out / "run.json").read_text())["problem_meta"]
+    assert meta["coil_maps"].startswith("ESPIRiT")

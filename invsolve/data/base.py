@@ -67,7 +67,7 @@ def _load_builtin():
     # Import modules that register builders; each is optional so that one missing extra does not hide the rest.
     import importlib
 
-    for mod in ("mri", "ct", "natural", "ns"):
+    for mod in ("mri", "ct", "natural", "ns", "ns_bank"):
         try:
             importlib.import_module(f"{__package__}.{mod}")
         except ModuleNotFoundError as e:  # a module not written yet, or its optional extra missing

@@ -82,6 +82,8 @@ def load_prior(name_or_path: Union[str, Path, Prior], *, device: Optional[Union[
         kind = "adm"
     elif path.is_dir() and (path / META_FILE).exists():
         kind = json.loads((path / META_FILE).read_text()).get("kind", "diffusers")
+    elif path.is_dir() and (path / "vae" / "config.json").exists():  # Stable-Diffusion-style pipeline directory
+        kind = "latent"
     if kind not in LOADERS:
         _import_optional_loaders()
     if kind not in LOADERS:

@@ -1,0 +1,154 @@
+"""STSL (second order, 50 steps) vs PSLD (first order, 50 and 200 steps) on the latent prior ``natural-latent``.
+
+Tasks on 64x64 RGB images in [0, 1], Gaussian noise sigma_y = 0.01:
+  deblur  : Gaussian blur, 15x15 kernel, sigma 2 px, circular padding;
+  sr      : 4x super-resolution, antialiased bicubic;
+  inpaint : random inpainting, 70 % of the pixels missing (mask seed 0, shared by the channels).
+
+Methods: ``stsl`` (50 steps, N = 2, eta = 0.02: 250 NFE), ``stsl_eta0`` (its first-order variant, 150 NFE),
+``psld50`` / ``psld200`` (reference omega = 1, gamma = 0.1). Metrics: PSNR / SSIM (data range 1) per image, NFE
+(batched network calls) and wall seconds per image; also the autoencoder ceiling PSNR of ``D(E(x))``.
+
+* ``--validate``: the step sizes (STSL ``rho``, PSLD ``omega``) are chosen on VALIDATION crops of the training
+  photos (``natural`` training source, generator seed 2024), never on the held-out test photos; results go to
+  ``results/stsl_vs_psld_validation_<task>.json``.
+* default: held-out photos (``invsolve.data.natural.heldout_photos``, full views of astronaut, coffee, chelsea,
+  flower), results per task in ``results/stsl_vs_psld_<task>.json`` (resumable: finished methods are skipped);
+  ``--merge`` combines them into ``results/stsl_vs_psld.json``.
+
+Reproduce (2 shared CPU cores here; one process per task)::
+
+    nice -n 10 python benchmarks/bench_stsl_vs_psld.py --validate --task deblur
+    nice -n 10 python benchmarks/bench_stsl_vs_psld.py --task deblur --n-images 4
+    python benchmarks/bench_stsl_vs_psld.py --merge
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, machine, write_result  # noqa: E402
+
+SIGMA_Y = 0.01
+TASKS = ("deblur", "sr", "inpaint")
+# step sizes chosen with --validate (see results/stsl_vs_psld_validation_<task>.json)
+TUNED = {"deblur": {"rho": 0.5, "omega": 1.0}, "sr": {"rho": 0.5, "omega": 1.0}, "inpaint": {"rho": 0.5, "omega": 1.0}}
+
+
+def operator(task: str):
+    from invsolve.operators import Blur, Inpainting, SuperResolution, gaussian_kernel, random_mask
+
+    if task == "deblur":
+        return Blur(gaussian_kernel(15, 2.0), padding="circular", image_size=64)
+    if task == "sr":
+        return SuperResolution(4, mode="bicubic", image_size=64)
+    if task == "inpaint":
+        return Inpainting(random_mask((64, 64), 0.7, seed=0))
+    raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+
+
+def images(validate: bool, n: int):
+    if validate:
+        from invsolve.data.base import build_train_source
+
+        src = build_train_source(kind="natural", image_size=64)
+        x = (src.sample(n, torch.Generator().manual_seed(2024), "cpu") + 1) / 2
+        return x, [f"validation/{i}" for i in range(n)]
+    from invsolve.data.natural import heldout_photos
+
+    x, names = heldout_photos(64, n_crops_per_photo=1)
+    return x[:n], names[:n]
+
+
+def methods(task: str, validate: bool):
+    """name -> (sampler, knobs)."""
+    if validate:
+        out = {f"stsl_rho{r}": ("stsl", dict(steps=50, rho=r)) for r in (0.25, 0.5, 1.0)}
+        out.update({f"psld50_omega{w}": ("psld", dict(steps=50, omega=w)) for w in (1.0, 2.0)})
+        return out
+    tuned = TUNED[task]
+    return {"stsl": ("stsl", dict(steps=50, rho=tuned["rho"])),
+            "stsl_eta0": ("stsl", dict(steps=50, rho=tuned["rho"], eta=0.0)),
+            "psld50": ("psld", dict(steps=50, omega=tuned["omega"])),
+            "psld200": ("psld", dict(steps=200, omega=tuned["omega"]))}
+
+
+def run_task(task: str, validate: bool, n: int, only=None):
+    import invsolve as inv
+    from invsolve.eval.metrics import psnr, ssim
+
+    prior = inv.load_prior("natural-latent")
+    x, names = images(validate, n)
+    op = operator(task)
+    g = torch.Generator().manual_seed(7)
+    y = op(x) + SIGMA_Y * torch.randn(op(x).shape, generator=g)
+    name = f"stsl_vs_psld_{'validation_' if validate else ''}{task}"
+    path = RESULTS / f"{name}.json"
+    rec = json.loads(path.read_text()) if path.exists() else {
+        "task": task, "operator": repr(op), "sigma_y": SIGMA_Y, "images": names,
+        "image_set": "validation crops of training photos (seed 2024)" if validate else "held-out photos",
+        "prior": "natural-latent", "prior_card": prior.card.get("training", {}).get("autoencoder"), "methods": {}}
+    with torch.no_grad():
+        ceiling = prior.decode(prior.encode(x)).clamp(0, 1)
+    rec["autoencoder_ceiling"] = {"psnr": psnr(ceiling, x, 1.0), "ssim": ssim(ceiling, x, 1.0)}
+    for mname, (sampler, knobs) in methods(task, validate).items():
+        if mname in rec["methods"] or (only and mname not in only):
+            continue
+        t0 = time.time()
+        res = inv.solve(y, op, prior=prior, sampler=sampler, seed=0, device="cpu", **knobs)
+        xr = res.x.clamp(0, 1)
+        rec["methods"][mname] = {
+            "sampler": sampler, "knobs": res.config["knobs"], "psnr": psnr(xr, x, 1.0), "ssim": ssim(xr, x, 1.0),
+            "nfe": res.nfe, "seconds_per_image": res.seconds / x.shape[0], "wall_seconds": time.time() - t0,
+            "batch": x.shape[0], "machine": machine()}
+        m = rec["methods"][mname]
+        print(f"{task} {mname}: PSNR {sum(m['psnr']) / n:.2f} SSIM {sum(m['ssim']) / n:.3f} NFE {m['nfe']} "
+              f"{m['seconds_per_image']:.0f} s/image", flush=True)
+        write_result(name, rec)
+    return rec
+
+
+def merge():
+    out = {"tasks": {}, "sigma_y": SIGMA_Y, "prior": "natural-latent", "summary": {}}
+    for task in TASKS:
+        p = RESULTS / f"stsl_vs_psld_{task}.json"
+        if not p.exists():
+            continue
+        rec = json.loads(p.read_text())
+        out["tasks"][task] = rec
+        out["summary"][task] = {k: {"psnr_mean": sum(v["psnr"]) / len(v["psnr"]),
+                                    "ssim_mean": sum(v["ssim"]) / len(v["ssim"]), "nfe": v["nfe"],
+                                    "seconds_per_image": v["seconds_per_image"]} for k, v in rec["methods"].items()}
+        c = rec["autoencoder_ceiling"]
+        out["summary"][task]["autoencoder_ceiling"] = {"psnr_mean": sum(c["psnr"]) / len(c["psnr"]),
+                                                       "ssim_mean": sum(c["ssim"]) / len(c["ssim"])}
+    print(json.dumps(out["summary"], indent=1))
+    return write_result("stsl_vs_psld", out)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", choices=TASKS, nargs="*", default=list(TASKS))
+    ap.add_argument("--validate", action="store_true", help="tune step sizes on validation crops")
+    ap.add_argument("--n-images", type=int, default=None, help="default: 2 (validate) / 4 (held-out)")
+    ap.add_argument("--only", nargs="*", default=None, help="run only these method names")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--merge", action="store_true", help="combine per-task results into stsl_vs_psld.json")
+    args = ap.parse_args(argv)
+    if args.merge:
+        print(merge())
+        return
+    torch.set_num_threads(args.threads)
+    n = args.n_images or (2 if args.validate else 4)
+    for task in args.task:
+        run_task(task, args.validate, n, args.only)
+
+
+if __name__ == "__main__":
+    main()
