@@ -43,6 +43,15 @@ def _cpu_pressure():
         return None
 
 
+def _contended(pressure):
+    """True when other work kept this machine's CPUs busy (PSI some avg10 > 20 %): the speed-up is then capped by
+    the CPU share the scheduler grants this session (Linux autogroup), not by Dask; re-run on an idle machine."""
+    try:
+        return float(pressure.split()[1].split("=")[1]) > 20 if pressure else None
+    except (IndexError, ValueError):
+        return None
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--items", type=int, default=16)
@@ -116,6 +125,7 @@ def main():
         "load_average_after": os.getloadavg(),
         "cpu_pressure_before": pressure_before,
         "cpu_pressure_after": _cpu_pressure(),
+        "machine_contended": _contended(pressure_before),
         "identical_results": True,
         "versions": {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
                      "dask": dask.__version__, "distributed": distributed.__version__},

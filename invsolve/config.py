@@ -20,8 +20,8 @@ def check_keys(user, base, allow_free: Iterable[str] = (), prefix: str = ""):
         path = f"{prefix}{k}"
         if k not in base:
             valid = ", ".join(sorted(str(b) for b in base.keys()))
-            raise UnknownNameError(f"unknown config key {path!r}; valid keys{' under ' + prefix[:-1] if prefix else ''}: "
-                                   f"{valid}")
+            where = f" under {prefix[:-1]}" if prefix else ""
+            raise UnknownNameError(f"unknown config key {path!r}; valid keys{where}: {valid}")
         if prefix == "" and k in allow_free:
             continue
         sub_u, sub_b = user[k], base[k]

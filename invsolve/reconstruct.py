@@ -64,13 +64,15 @@ def run(cfg, progress: bool = True) -> Dict[str, Any]:
     _check_output(out, bool(cfg.output.overwrite))
     problem = build_problem(OmegaConf.to_container(cfg.problem, resolve=True))
     sv = cfg.solver
-    options = _sampler_options(OmegaConf.to_container(sv.options, resolve=True) or {}, sv.sampler)
+    all_options = OmegaConf.to_container(sv.options, resolve=True) or {}
+    options = _sampler_options(all_options, sv.sampler)
     steps = sv.steps if "steps" in get_sampler(sv.sampler).defaults else None
     res = solve(problem.y, problem.operator, prior=sv.prior, sampler=sv.sampler, steps=steps, seed=sv.seed,
                 num_samples=int(sv.num_samples), device=sv.device, data_scale=sv.data_scale, progress=progress,
                 **options)
     baselines = problem.default_baselines if cfg.baselines is None else list(cfg.baselines)
-    base_res = {b: solve(problem.y, problem.operator, sampler=b, device=sv.device) for b in baselines}
+    base_res = {b: solve(problem.y, problem.operator, sampler=b, device=sv.device,
+                         **_sampler_options(all_options, b)) for b in baselines}
 
     metrics: Dict[str, Any] = {}
     if problem.x_true is not None:

@@ -30,7 +30,7 @@ def test_each_batch_member_converges_as_if_alone(tol):
     x0 = torch.randn_like(b)
     together = cg(lambda v: (M @ v[..., None])[..., 0], b, x0, max_iter=7, tol=tol)
     for i in range(3):
-        alone = cg(lambda v: (M[i:i + 1] @ v[..., None])[..., 0], b[i:i + 1], x0[i:i + 1], max_iter=7, tol=tol)
+        alone = cg(lambda v, i=i: (M[i:i + 1] @ v[..., None])[..., 0], b[i:i + 1], x0[i:i + 1], max_iter=7, tol=tol)
         assert torch.allclose(together.x[i], alone.x[0], atol=1e-12, rtol=0)
         assert together.iterations[i] == alone.iterations[0]
 

@@ -4,9 +4,21 @@ import copy
 import pytest
 import torch
 
-from invsolve.operators import (Blur, Identity, Inpainting, MultiCoilMRI, ParallelBeamCT, SingleCoilMRI,
-                                SuperResolution, adjoint_mismatch, coils, gaussian_kernel, masks, random_mask,
-                                sparse_view_angles)
+from invsolve.operators import (
+    Blur,
+    Identity,
+    Inpainting,
+    MultiCoilMRI,
+    ParallelBeamCT,
+    SingleCoilMRI,
+    SuperResolution,
+    adjoint_mismatch,
+    coils,
+    gaussian_kernel,
+    masks,
+    random_mask,
+    sparse_view_angles,
+)
 
 D = torch.float64
 

@@ -111,29 +111,30 @@ def _mean_error(prior, op, y, post_mean, n_seeds, **knobs):
 
 
 def test_trace_term_has_zero_gradient_on_gaussian_prior(gauss):
-    """tr H is constant for a Gaussian, so STSL == its eta = 0 variant (up to float rounding)."""
+    """tr H is constant for a Gaussian, so STSL == its eta = 0 variant up to rounding (float64 here: at low noise
+    the probe term's cotangents are ~1/(1 - abar) and cancel only to float precision)."""
     op, y, _ = _problem(gauss)
-    a = stsl(gauss, op, y, generators=_gens(4), steps=10, eta=0.0).x
-    b = stsl(gauss, op, y, generators=_gens(4), steps=10, eta=0.02).x
-    c = stsl(gauss, op, y, generators=_gens(4), steps=10, eta=50.0 * D).x
-    torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
-    torch.testing.assert_close(c, a, rtol=0, atol=1e-4)
+    y = y.double()
+    a = stsl(gauss, op, y, generators=_gens(4), steps=6, eta=0.0).x
+    for eta in (0.02, 50.0 * D):
+        b = stsl(gauss, op, y, generators=_gens(4), steps=6, eta=eta).x
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-8)
 
 
 def test_stsl_approaches_linear_gaussian_posterior_mean(gauss):
     op, y, post_mean = _problem(gauss)
     prior_err = float(((gauss.means - post_mean) ** 2).sum(1).mean())
-    err, out = _mean_error(gauss, op, y, post_mean, 8, steps=20)
-    err0, _ = _mean_error(gauss, op, y, post_mean, 8, steps=20, eta=0.0)
+    err, out = _mean_error(gauss, op, y, post_mean, 4, steps=10)
+    err0, _ = _mean_error(gauss, op, y, post_mean, 4, steps=10, eta=0.0)
     assert err < 0.2 * prior_err
     assert abs(err - err0) < 1e-6 * max(err, 1e-12) + 1e-9
-    assert out.nfe == 20 * (2 * 2 + 1)
+    assert out.nfe == 10 * (2 * 2 + 1)
 
 
 def test_nfe_accounting(gauss):
     op, y, _ = _problem(gauss, n_items=2)
-    assert stsl(gauss, op, y, generators=_gens(2), steps=7, inner=3).nfe == 7 * (2 * 3 + 1)
-    assert stsl(gauss, op, y, generators=_gens(2), steps=7, inner=3, eta=0.0).nfe == 7 * (3 + 1)
+    assert stsl(gauss, op, y, generators=_gens(2), steps=3, inner=3).nfe == 3 * (2 * 3 + 1)
+    assert stsl(gauss, op, y, generators=_gens(2), steps=3, inner=3, eta=0.0).nfe == 3 * (3 + 1)
     assert psld(gauss, op, y, generators=_gens(2), steps=9).nfe == 9
 
 

@@ -196,8 +196,8 @@ class Plan:
     out: Path
     device: torch.device
     tasks: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # id -> status, reason, options, hash, names
-    methods: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # id -> status, reason, knobs, hash
-    pairs: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # "task/method" -> status, reason
+    methods: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # id -> status, reason, knobs
+    pairs: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # "task/method" -> status, reason, hash
     items: List[Item] = field(default_factory=list)
     problems: Dict[str, Any] = field(default_factory=dict)
     priors: Dict[str, Any] = field(default_factory=dict)
@@ -263,10 +263,17 @@ def _prepare_methods(plan: Plan, log):
             knobs["steps"] = m["steps"]
         resolved = resolve_knobs(spec, knobs)  # unknown option names are config errors
         per_task = {t: resolve_knobs(spec, {**knobs, **o}) for t, o in m["task_options"].items()}
-        ident = {"sampler": spec.name, "prior": m["prior"], "knobs": resolved, "task_knobs": per_task,
-                 "data_scale": m["data_scale"], "num_samples": plan.suite["num_samples"]}
-        plan.methods[m["id"]] = {"status": "ok", **ident, "options": m["options"], "steps": m["steps"],
-                                 "hash": datasets.options_hash(ident)}
+        plan.methods[m["id"]] = {"status": "ok", "sampler": spec.name, "prior": m["prior"], "knobs": resolved,
+                                 "task_knobs": per_task, "data_scale": m["data_scale"],
+                                 "num_samples": plan.suite["num_samples"], "options": m["options"],
+                                 "steps": m["steps"]}
+
+
+def method_config(plan: Plan, task_id: str, method_id: str) -> Dict[str, Any]:
+    """What determines a method's result on a task (hashed into every result file)."""
+    m = plan.methods[method_id]
+    return {"sampler": m["sampler"], "prior": m["prior"], "knobs": m["task_knobs"].get(task_id, m["knobs"]),
+            "data_scale": m["data_scale"], "num_samples": m["num_samples"]}
 
 
 _PRIORS: Dict[Tuple[str, str], Any] = {}  # loaded priors kept for later suites in the same process
@@ -322,8 +329,8 @@ def prepare(suite: Dict[str, Any], device=None, log=print) -> Plan:
                 _default_device(device or suite["device"], int(local) if local is not None else None))
     _prepare_methods(plan, log)
     _prepare_tasks(plan, log)
-    for t in suite["tasks"]:
-        for m in suite["methods"]:
+    for m in suite["methods"]:  # method-major: a partial run has the cheap methods on every task first
+        for t in suite["tasks"]:
             pair = f"{t['id']}/{m['id']}"
             if plan.tasks[t["id"]]["status"] != "ok" or plan.methods[m["id"]]["status"] != "ok":
                 plan.pairs[pair] = {"status": "unavailable"}
@@ -337,7 +344,8 @@ def prepare(suite: Dict[str, Any], device=None, log=print) -> Plan:
                 continue
             n = len(plan.tasks[t["id"]]["names"])
             images = list(range(n if m["max_images"] is None else min(n, int(m["max_images"]))))
-            plan.pairs[pair] = {"status": "run", "images": images, "prior": prior}
+            plan.pairs[pair] = {"status": "run", "images": images, "prior": prior,
+                                "hash": datasets.options_hash(method_config(plan, t["id"], m["id"]))}
             plan.items += [Item(t["id"], m["id"], i, s) for i in images for s in suite["seeds"]]
     return plan
 
@@ -426,26 +434,27 @@ def run_item(plan: Plan, item: Item, shard: Tuple[int, int]) -> Dict[str, Any]:
     """Solve one item, score it and write its result (``status`` ``ok`` or ``failed``); returns the record."""
     from ..api import solve
 
-    problem, method, task = plan.problems[item.task], plan.methods[item.method], plan.tasks[item.task]
+    problem, task, pair = plan.problems[item.task], plan.tasks[item.task], plan.pairs[f"{item.task}/{item.method}"]
+    method = method_config(plan, item.task, item.method)
     rec: Dict[str, Any] = {
         "schema": 1, "key": item.key, "task": item.task, "method": item.method, "image": item.image,
         "name": task["names"][item.image], "seed": item.seed, "sampler": method["sampler"],
-        "task_hash": task["hash"], "method_hash": method["hash"], "device": str(plan.device),
+        "task_hash": task["hash"], "method_hash": pair["hash"], "device": str(plan.device),
         "hardware": _hardware(plan.device), "shard": list(shard), "host": platform.node(),
-        "config": {"task": task["options"], "method": {
-            "sampler": method["sampler"], "prior": method["prior"], "data_scale": method["data_scale"],
-            "num_samples": method["num_samples"], "knobs": method["task_knobs"].get(item.task, method["knobs"])}},
+        "config": {"task": task["options"], "method": method},
     }
     t0 = time.perf_counter()
     try:
         op, y, x_true = _select(problem, item.image)
-        prior_name = plan.pairs[f"{item.task}/{item.method}"]["prior"]
-        kn = dict(method["task_knobs"].get(item.task, method["knobs"]))
+        prior_name = pair["prior"]
+        kn = dict(method["knobs"])
         steps = kn.pop("steps", None)
         res = solve(y, op, prior=None if prior_name is None else plan.priors[prior_name],
                     sampler=method["sampler"], steps=steps, seed=item.seed, num_samples=plan.suite["num_samples"],
                     device=plan.device, data_scale=method["data_scale"], **kn)
         x = res.x.detach().cpu()
+        if not bool(torch.isfinite(torch.view_as_real(x) if x.is_complex() else x).all()):
+            raise FloatingPointError("the reconstruction has NaN/Inf values (the sampler diverged)")
         rec["metrics"] = _metrics(problem, op, y, x_true, x, bool(plan.suite["lpips"]))
         rec.update(nfe=int(res.nfe), seconds=float(res.seconds), peak_memory=res.peak_memory,
                    solve_config=_json_safe(res.config), status="ok", error=None)
@@ -481,7 +490,7 @@ def is_done(plan: Plan, item: Item, retry_failed: bool) -> bool:
     """A current result exists: same task and method configuration, and ``ok`` (or ``failed`` unless retrying)."""
     rec = read_record(item.path(plan.out))
     if rec is None or rec.get("task_hash") != plan.tasks[item.task]["hash"] \
-            or rec.get("method_hash") != plan.methods[item.method]["hash"]:
+            or rec.get("method_hash") != plan.pairs[f"{item.task}/{item.method}"]["hash"]:
         return False
     return rec.get("status") == "ok" or (rec.get("status") == "failed" and not retry_failed)
 
@@ -493,7 +502,8 @@ def _command(suite_path, overrides: Sequence[str]) -> str:
         p = p.resolve().relative_to(Path.cwd().resolve())
     except ValueError:
         pass
-    return " ".join(["invsolve", "evaluate", shlex.quote(str(p))] + [shlex.quote(o) for o in overrides])
+    kept = [o for o in overrides if not o.startswith(("action=", "benchmarks="))]  # how results were made
+    return " ".join(["invsolve", "evaluate", shlex.quote(str(p))] + [shlex.quote(o) for o in kept])
 
 
 def write_plan(plan: Plan, command: str):
@@ -526,7 +536,8 @@ def run(suite: Dict[str, Any], suite_path, overrides: Sequence[str] = (), shards
         shard_index: Optional[int] = None, progress: bool = True, log=print) -> Dict[str, Any]:
     """Run this process's share of a suite and (when it is the one to) write the report.
 
-    Returns counts: ``{"items", "mine", "done_before", "ok", "failed", "pending_elsewhere", "report"}``.
+    Returns counts: ``items`` (suite), ``mine`` (this shard), ``done_before``, ``ok`` / ``failed`` (run now),
+    ``failed_total`` (this shard's failed results), ``pending`` (suite items without a result), ``report`` (path).
     """
     from . import report
 
@@ -539,6 +550,9 @@ def run(suite: Dict[str, Any], suite_path, overrides: Sequence[str] = (), shards
         plan = prepare(suite, log=log)
         command = _command(suite_path, overrides)
         write_plan(plan, command)
+        for pair, info in plan.pairs.items():
+            if info["status"] == "n/a":
+                log(f"skipped (not applicable) {pair}: {info['reason']}")
         mine = shard_items(plan.items, n_shards, index)
         datasets.remove_stale_tmp(plan.out)
         counts = {"items": len(plan.items), "mine": len(mine), "done_before": 0, "ok": 0, "failed": 0}
@@ -578,9 +592,6 @@ def run(suite: Dict[str, Any], suite_path, overrides: Sequence[str] = (), shards
         elif pending:
             log(f"{len(pending)} item(s) still pending in other shards; when all shards are done, merge with: "
                 f"{command} action=report")
-        for pair, info in plan.pairs.items():
-            if info["status"] == "n/a":
-                log(f"skipped (not applicable) {pair}: {info['reason']}")
         return counts
     finally:
         torch.set_num_threads(threads0)

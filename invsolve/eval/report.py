@@ -57,7 +57,7 @@ def collect(out, plan: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
         except (OSError, ValueError):
             continue
         if rec.get("task_hash") == plan["tasks"][task]["hash"] and \
-                rec.get("method_hash") == plan["methods"][method]["hash"]:
+                rec.get("method_hash") == plan["pairs"][f"{task}/{method}"]["hash"]:
             records[key] = rec
     return records
 
@@ -120,7 +120,9 @@ def markdown_table(rows: List[Dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|"]
     best = {key: _best(rows, key, d) for key, _, d, _ in METRICS}
     for r in rows:
-        n = f"{r['ok']}/{r['planned']}" + (f" ({r['failed']} failed)" if r["failed"] else "")
+        waiting = r["planned"] - r["ok"] - r["failed"]
+        n = f"{r['ok']}/{r['planned']}" + (f" ({r['failed']} failed)" if r["failed"] else "") + \
+            (f" ({waiting} pending)" if waiting else "")
         cells = [r["method"], r["sampler"], n]
         for key, _, _, fmt in METRICS:
             s = r[key]
@@ -206,8 +208,10 @@ def _scaled_to(a: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return a * (float((a * ref).sum()) / den if den > 0 else 1.0)
 
 
-def _figure(path: Path, truth: np.ndarray, adj: Optional[np.ndarray], recons: Dict[str, np.ndarray],
+def _figure(path: Path, truth: np.ndarray, adj: Optional[np.ndarray], recons: Dict[str, List[Optional[np.ndarray]]],
             names: List[str], psnrs: Dict[str, List[Optional[float]]], title: str):
+    """Rows per image: truth | Aᴴy | methods, then their |error| maps; ``recons[m][i]`` is ``(C, H, W)`` or
+    ``None`` (method ``m`` did not run image ``i``)."""
     from ..plotting import _mpl
 
     plt = _mpl()
@@ -223,17 +227,22 @@ def _figure(path: Path, truth: np.ndarray, adj: Optional[np.ndarray], recons: Di
         panels = {"truth": t}
         if adj is not None:
             panels["Aᴴy (scaled)"] = _scaled_to(_display(adj[i]), t)
-        panels.update({k: _display(v[i]) for k, v in recons.items()})
-        errs = {k: np.abs(panels[k] - t) if not rgb else np.abs(panels[k] - t).mean(-1) for k in recons}
-        emax = max([float(np.percentile(e, 99.5)) for e in errs.values()] + [1e-12])
+        panels.update({k: _display(v[i]) for k, v in recons.items() if v[i] is not None})
+        errs = {k: np.abs(panels[k] - t) if not rgb else np.abs(panels[k] - t).mean(-1) for k in recons
+                if k in panels}
+        # one error scale per row: the median over methods of their 99.5th percentiles (outliers saturate)
+        emax = max(float(np.median([np.percentile(e, 99.5) for e in errs.values()])) if errs else 0.0, 1e-12)
         for c, k in enumerate(cols):
             ax, ax_e = axes[2 * i, c], axes[2 * i + 1, c]
             ax.axis("off")
             ax_e.axis("off")
-            ax.imshow(np.clip(panels[k] / (vmax or 1.0), 0, 1) if rgb else panels[k], **kw)
             p = psnrs.get(k, [None] * n)[i]
             label = (f"{k}\n" if i == 0 else "") + (names[i] if c == 0 else f"{p:.2f} dB" if p is not None else "")
             ax.set_title(label, fontsize=7)
+            if k not in panels:
+                ax.text(0.5, 0.5, "not run", ha="center", va="center", fontsize=7, transform=ax.transAxes)
+                continue
+            ax.imshow(np.clip(panels[k] / (vmax or 1.0), 0, 1) if rgb else panels[k], **kw)
             if k in errs:
                 ax_e.imshow(errs[k], cmap="inferno", vmin=0, vmax=emax)
                 ax_e.set_title("|error|", fontsize=6)
@@ -244,7 +253,7 @@ def _figure(path: Path, truth: np.ndarray, adj: Optional[np.ndarray], recons: Di
     plt.close(fig)
 
 
-def _std_figure(path: Path, stds: Dict[str, np.ndarray], names: List[str], title: str):
+def _std_figure(path: Path, stds: Dict[str, List[Optional[np.ndarray]]], names: List[str], title: str):
     from ..plotting import _mpl
 
     plt = _mpl()
@@ -252,11 +261,11 @@ def _std_figure(path: Path, stds: Dict[str, np.ndarray], names: List[str], title
                              squeeze=False)
     for c, (k, s) in enumerate(stds.items()):
         for i in range(len(names)):
-            d = _display(s[i])
-            d = d.mean(-1) if d.ndim == 3 else d
-            axes[i, c].imshow(d, cmap="viridis")
             axes[i, c].axis("off")
             axes[i, c].set_title(k if i == 0 else "", fontsize=7)
+            if s[i] is not None:
+                d = _display(s[i])
+                axes[i, c].imshow(d.mean(-1) if d.ndim == 3 else d, cmap="viridis")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
@@ -264,8 +273,8 @@ def _std_figure(path: Path, stds: Dict[str, np.ndarray], names: List[str], title
 
 
 def figures(out, plan: Dict[str, Any], records: Dict[str, Dict[str, Any]]) -> Dict[str, List[Path]]:
-    """Figure grids per task for the first suite seed and the first ``figures`` images that every shown method
-    finished; returns ``{task: [paths]}``."""
+    """Figure grids per task for the first suite seed and the first ``figures`` images that any method finished
+    (methods run on fewer images leave those panels empty); returns ``{task: [paths]}``."""
     out = Path(out)
     n_img, seed = int(plan["suite"].get("figures") or 0), plan["suite"]["seeds"][0]
     result: Dict[str, List[Path]] = {}
@@ -284,9 +293,7 @@ def figures(out, plan: Dict[str, Any], records: Dict[str, Dict[str, Any]]) -> Di
         if blob is None or "problem" not in blob or blob["problem"].x_true is None:
             continue
         problem = blob["problem"]
-        images = sorted(set.intersection(*[set(v) for v in done.values()]))[:n_img]
-        if not images:
-            continue
+        images = sorted(set().union(*[set(v) for v in done.values()]))[:n_img]
         truth = problem.x_true[images].numpy()
         adj = None
         if getattr(problem.operator, "is_linear", False):
@@ -297,10 +304,11 @@ def figures(out, plan: Dict[str, Any], records: Dict[str, Dict[str, Any]]) -> Di
         recons, psnrs, stds = {}, {}, {}
         for mid, recs in done.items():
             base = out / "items" / tid / mid
-            recons[mid] = np.concatenate([np.load(base / recs[i]["reconstruction"]) for i in images])
-            psnrs[mid] = [recs[i]["metrics"]["psnr"] for i in images]
-            if all(recs[i].get("std") for i in images):
-                stds[mid] = np.concatenate([np.load(base / recs[i]["std"]) for i in images])
+            recons[mid] = [np.load(base / recs[i]["reconstruction"])[0] if i in recs else None for i in images]
+            psnrs[mid] = [recs[i]["metrics"]["psnr"] if i in recs else None for i in images]
+            if any(recs[i].get("std") for i in images if i in recs):
+                stds[mid] = [np.load(base / recs[i]["std"])[0] if i in recs and recs[i].get("std") else None
+                             for i in images]
         names = [problem.names[i] for i in images]
         paths = [out / "figures" / f"{tid}.png"]
         _figure(paths[0], truth, adj, recons, names, psnrs, f"{plan['suite']['name']} / {tid} (seed {seed})")

@@ -3,8 +3,18 @@
 Linear operators compose (``A @ B``, ``A.H``, ``A.N``, ``2.0 * A``) and have exact adjoints.
 """
 from . import coils, masks, noise
-from .base import (Adjoint, Composed, ComposedLinear, Identity, LinearOperator, Normal, Operator, Scaled,
-                   adjoint_mismatch, inner)
+from .base import (
+    Adjoint,
+    Composed,
+    ComposedLinear,
+    Identity,
+    LinearOperator,
+    Normal,
+    Operator,
+    Scaled,
+    adjoint_mismatch,
+    inner,
+)
 from .blur import Blur, gaussian_kernel, motion_kernel, uniform_kernel
 from .ct import ParallelBeamCT, fbp, limited_angle_angles, sparse_view_angles
 from .fft import fft2c, ifft2c

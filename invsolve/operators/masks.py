@@ -121,7 +121,7 @@ def poisson_disc(shape: Tuple[int, int], acceleration: float = 8, calib: int = 1
     target = 1.0 / acceleration
     lo, hi = 0.3, max(shape) / 4.0
     best = None
-    for t in range(max_tries):
+    for _ in range(max_tries):
         mid = np.sqrt(lo * hi)
         m = _poisson_disc(shape, mid, power, np.random.default_rng(seed), calib)
         frac = m.mean()

@@ -79,7 +79,7 @@ def _load_builtin():
     import importlib
 
     for mod in ("dds", "classical", "dps", "ddnm", "diffpir", "pigdm", "mcg", "stsl", "psld", "enkg", "dps_gsg",
-                "tv"):
+                "tv", "dds3d", "wiener"):
         try:
             importlib.import_module(f"{__package__}.{mod}")
         except ModuleNotFoundError as e:

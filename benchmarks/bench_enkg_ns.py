@@ -1,0 +1,217 @@
+"""Issue #5 benchmark: Navier–Stokes initial-state inversion on held-out fields — EnKG vs DPS-GSG (zero-order),
+DPS (autograd through the solver) and the unguided prior, at matched forward-model budgets.
+
+Problem (ALGORITHMS.md §3.4, at 64x64): held-out initial vorticity fields (the 'test' seed stream of
+``invsolve.data.ns_bank``, generated exactly like the prior's training bank, never trained on); ``y`` = vorticity at
+T = 1 on every 2nd grid point (32x32 = 1024 values) + white noise ``sigma`` (raw units: 0 and 1).
+Metric: relative L2 in raw units, of the ensemble mean and averaged over particles / samples (EnKG protocol).
+
+Methods (same prior, measurements and seeds):
+* ``unguided``: the EnKG sampler with ``updates=0`` — J prior samples through the same PF-ODE (their mean is the
+  Monte-Carlo prior mean; the exact prior mean, 0 by symmetry, has relative L2 1).
+* ``enkg``: J particles, N outer steps, K updates per guided step, inner steps capped at ``max_inner``.
+* ``dps-gsg``: DPS with a central Gaussian-smoothing gradient (Q queries + 1 per step), steps chosen so that its
+  forward evaluations equal EnKG's (``J K guided``).
+* ``dps``: DPS with autograd through the differentiable solver (1 forward + 1 VJP of the solver per step).
+
+Per-item results go to ``--work`` (one JSON per method/field/noise; a killed run resumes); the summary to
+``benchmarks/results/enkg_ns.json``.
+
+Run (CPU, in the background):
+    nice -n 10 python benchmarks/bench_enkg_ns.py --fields 0 1 2 --noise 0 1
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, machine, update_benchmarks_md, write_result  # noqa: E402
+
+import invsolve as inv  # noqa: E402
+from invsolve.errors import InvsolveError  # noqa: E402
+from invsolve.eval.metrics import relative_l2  # noqa: E402
+from invsolve.samplers.enkg import budget  # noqa: E402
+from invsolve.tasks.ns import heldout_truth  # noqa: E402
+
+
+def grf_prior(bank_path: str):
+    """Analytic stationary Gaussian prior with the training bank's power spectrum (development / sanity baseline)."""
+    from invsolve.priors.ve import DenoiserPrior, geometric_sigmas
+
+    bank = torch.from_numpy(np.load(bank_path)) / 10.0
+    S = (torch.fft.rfft2(bank[:, 0]).abs() ** 2).mean(0)  # E|X_k|^2, unnormalised rfft2
+
+    class GRF(DenoiserPrior):
+        def _denoise_net(self, x, sigma):
+            s2 = (sigma.to(x.dtype) ** 2).reshape(-1, 1, 1) * x.shape[-1] * x.shape[-2]
+            X = torch.fft.rfft2(x[:, 0])
+            return torch.fft.irfft2(S / (S + s2) * X, s=x.shape[-2:])[:, None]
+
+    return GRF(geometric_sigmas(0.002, 80, 1000), (64, 64), 1, data_range=(-1, 1), name="grf")
+
+
+def run_one(method, prior, op, y, x_true, seed, a) -> dict:
+    t0 = time.time()
+    if method in ("unguided", "enkg"):
+        kw = dict(ensemble_size=a.ensemble, steps=a.steps, updates=0 if method == "unguided" else a.updates,
+                  guidance=a.guidance, max_inner=a.max_inner, normalize=a.normalize, batch=a.batch)
+        res = inv.solve(y, op, prior=prior, sampler="enkg", seed=seed, **kw)
+        parts = res.info["particles"][0]
+        info = {k: res.info[k] for k in ("nfe_per_particle", "network_evaluations", "forward_calls",
+                                         "forward_evaluations", "guided_steps")}
+        info["misfit_first_last"] = [float(res.info["misfit"][0, 0]), float(res.info["misfit"][-1, 0])] \
+            if res.info["misfit"].numel() else None
+    elif method == "dps-gsg":
+        res = inv.solve(y, op, prior=prior, sampler="dps-gsg", seed=seed, steps=a.gsg_steps, queries=a.gsg_queries,
+                        scale=a.gsg_scale, mu=a.gsg_mu, clip=a.clip, jacobian=a.gsg_jacobian)
+        parts = res.x
+        info = {"network_evaluations": res.nfe, "forward_evaluations": res.info["forward_evaluations"],
+                "forward_calls": res.info["forward_calls"], "steps": a.gsg_steps, "queries": a.gsg_queries}
+    elif method == "dps":
+        res = inv.solve(y, op, prior=prior, sampler="dps", seed=seed, steps=a.dps_steps, scale=a.dps_scale,
+                        clip=a.clip)
+        parts = res.x
+        info = {"network_evaluations": res.nfe, "forward_evaluations": a.dps_steps, "vjp_evaluations": a.dps_steps,
+                "forward_calls": a.dps_steps, "steps": a.dps_steps}
+    else:
+        raise ValueError(method)
+    x = res.x.cpu()
+    with torch.no_grad():
+        fit = float((op(x) - y).norm() / y.norm())
+    return dict(info, rel_l2_mean=relative_l2(x, x_true)[0],
+                rel_l2_particles=float(np.mean(relative_l2(parts, x_true.expand_as(parts)))),
+                data_misfit=fit, seconds=time.time() - t0, seed=seed)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--fields", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--noise", type=float, nargs="+", default=[0.0, 1.0])
+    ap.add_argument("--methods", nargs="+", default=["unguided", "enkg", "dps", "dps-gsg"])
+    ap.add_argument("--prior", default="ns-vorticity")
+    ap.add_argument("--ensemble", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--updates", type=int, default=1)
+    ap.add_argument("--guidance", type=float, default=2.0)
+    ap.add_argument("--max-inner", type=int, default=2)
+    ap.add_argument("--normalize", default="frobenius")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--gsg-queries", type=int, default=14)
+    ap.add_argument("--gsg-scale", type=float, default=1.0)
+    ap.add_argument("--gsg-mu", type=float, default=0.01)
+    ap.add_argument("--gsg-jacobian", default="network")
+    ap.add_argument("--dps-steps", type=int, default=100)
+    ap.add_argument("--dps-scale", type=float, default=1.0)
+    ap.add_argument("--clip", type=float, default=2.0)
+    ap.add_argument("--test-cache", default="runs/ns_bank_test.npy")
+    ap.add_argument("--work", default="runs/enkg_ns")
+    ap.add_argument("--out", default="enkg_ns")
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    os.chdir(ROOT)
+
+    cost = budget(a.ensemble, steps=a.steps, updates=a.updates, max_inner=a.max_inner)
+    # DPS-GSG at EnKG's forward budget: (1 + 2 (Q // 2)) evaluations per step (central estimator)
+    per_step = 1 + 2 * (a.gsg_queries // 2)
+    a.gsg_steps = max(1, cost["forward_evaluations"] // per_step)
+    prior = grf_prior("runs/ns_bank256.npy") if a.prior == "grf" else inv.load_prior(a.prior)
+    w, names = heldout_truth(a.fields, 64, 64, cache=a.test_cache)
+    op = inv.operators.NavierStokes2D(64)
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    tag = f"{a.prior}_J{a.ensemble}_N{a.steps}_K{a.updates}_i{a.max_inner}_w{a.guidance}_{a.normalize}"
+    for sigma in a.noise:
+        for f, wf in zip(a.fields, w):
+            x_true = wf[None] / op.scale
+            with torch.no_grad():
+                y = op(x_true)
+            if sigma > 0:
+                y = y + sigma * torch.randn(y.shape, generator=torch.Generator().manual_seed(1000 + f))
+            for m in a.methods:
+                mtag = {"unguided": f"unguided_{a.prior}_J{a.ensemble}_N{a.steps}", "enkg": f"enkg_{tag}",
+                        "dps-gsg": f"gsg_{a.prior}_S{a.gsg_steps}_Q{a.gsg_queries}_s{a.gsg_scale}_{a.gsg_jacobian}",
+                        "dps": f"dps_{a.prior}_S{a.dps_steps}_s{a.dps_scale}"}[m]
+                path = work / f"{mtag}_field{f}_sigma{sigma:g}.json"
+                if path.exists():
+                    continue
+                print(f"[{time.strftime('%H:%M:%S')}] {m} field {f} sigma {sigma} ...", flush=True)
+                try:
+                    r = run_one(m, prior, op, y, x_true, seed=f, a=a)
+                except InvsolveError as e:  # e.g. the solver blew up on a DPS iterate: record it
+                    r = {"failed": f"{type(e).__name__}: {str(e).splitlines()[0]}"}
+                r.update(method=m, field=f, sigma=sigma, tag=mtag)
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(r, indent=1))
+                os.replace(tmp, path)
+                print("   ", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}, flush=True)
+    summarise(a, cost, work)
+
+
+def summarise(a, cost, work: Path):
+    rows = [json.loads(p.read_text()) for p in sorted(work.glob("*.json"))]
+    table = {}
+    for r in rows:
+        if r["field"] not in a.fields or r.get("failed"):
+            continue
+        table.setdefault(f"{r['tag']} sigma={r['sigma']:g}", []).append(r)
+    summary = {}
+    for k, rs in sorted(table.items()):
+        s = {"n_fields": len(rs), "fields": [r["field"] for r in rs], "method": rs[0]["method"],
+             "sigma": rs[0]["sigma"]}
+        for m in ("rel_l2_mean", "rel_l2_particles", "data_misfit", "seconds"):
+            v = np.array([r[m] for r in rs])
+            s[m] = {"mean": float(v.mean()), "std": float(v.std()), "per_field": [round(float(t), 4) for t in v]}
+        for m in ("forward_evaluations", "forward_calls", "network_evaluations", "nfe_per_particle", "vjp_evaluations"):
+            if m in rs[0]:
+                s[m] = rs[0][m]
+        summary[k] = s
+    failed = [f"{r['tag']} field {r['field']} sigma {r['sigma']}: {r['failed']}" for r in rows if r.get("failed")]
+    payload = {"benchmark": "EnKG Navier-Stokes 64x64 held-out", "settings": vars(a), "enkg_budget": cost,
+               "machine": machine(), "results": summary, "failed": failed,
+               "reproduce": "nice -n 10 python benchmarks/bench_enkg_ns.py " + " ".join(sys.argv[1:])}
+    path = write_result(a.out, payload)
+    print(f"wrote {path}")
+    if a.out == "enkg_ns":
+        update_benchmarks_md("enkg-ns", markdown(payload))
+    for k, s in summary.items():
+        print(f"{k:70s} relL2 mean {s['rel_l2_mean']['mean']:.3f}±{s['rel_l2_mean']['std']:.3f}  particles "
+              f"{s['rel_l2_particles']['mean']:.3f}  misfit {s['data_misfit']['mean']:.3f}  "
+              f"fwd {s.get('forward_evaluations')}  {s['seconds']['mean']:.0f}s")
+
+
+def markdown(payload: dict) -> str:
+    st, c = payload["settings"], payload["enkg_budget"]
+    lines = [
+        "## Navier-Stokes initial-state inversion (64x64, held-out fields): EnKG vs DPS-GSG vs DPS",
+        "",
+        f"Observations: vorticity at T = 1 on every 2nd grid point (32x32). Prior `{st['prior']}`. EnKG: J = "
+        f"{st['ensemble']} particles, N = {st['steps']}, K = {st['updates']}, w = {st['guidance']} ({st['normalize']}),"
+        f" inner steps <= {st['max_inner']}: {c['nfe_per_particle']} network calls per particle, "
+        f"{c['forward_evaluations']} forward solves in {c['forward_calls']} batched calls per field. DPS-GSG at the "
+        f"same number of forward solves; DPS with autograd through the solver. Relative L2 (raw units) of the "
+        f"ensemble mean / averaged over particles; mean ± std over fields. {payload['machine']['device']}.",
+        "",
+        "| method | noise sigma | fields | rel. L2 (mean) | rel. L2 (per particle) | data misfit | forward solves |"
+        " seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for k, s in payload["results"].items():
+        lines.append(f"| {k.split(' sigma=')[0]} | {s['sigma']:g} | {s['n_fields']} | "
+                     f"{s['rel_l2_mean']['mean']:.3f} ± {s['rel_l2_mean']['std']:.3f} | "
+                     f"{s['rel_l2_particles']['mean']:.3f} | {s['data_misfit']['mean']:.3f} | "
+                     f"{s.get('forward_evaluations', '')} | {s['seconds']['mean']:.0f} |")
+    lines += ["", f"Reproduce: `{payload['reproduce']}`"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
