@@ -16,7 +16,9 @@ Test data (never used to train the priors, never used for tuning):
 Every knob in ``SETTINGS`` was chosen on validation data only: CT on 8 training-distribution phantoms
 (``sample_phantoms(8, 64, Generator().manual_seed(1234))``) and, for the volume, the phantom volume with seed 1;
 photos on 8 random crops of the training photos (``build_train_source("natural").sample(8, seed 1234)``).
-The sweeps use 20 diffusion steps (``--tune-steps``); the test runs use 50.
+The sweeps use 20 diffusion steps (``--tune-steps``); the test runs use 50. Caveat: the photo validation crops
+come from the photos the ``natural`` prior was trained on, which flatters DDS (it won deblurring and SR there, not
+on the held-out photos); the CT phantoms are the prior's training distribution, the pydicom slices are not.
 ``--sections tune_ct,tune_imaging,tune_volume`` re-runs those validation sweeps (results under ``tuning``).
 
 Metrics: ``invsolve.eval.metrics.psnr/ssim`` with data_range = 1 (all images live in [0, 1]); outputs are not
@@ -49,7 +51,11 @@ from invsolve.tasks import build_problem  # noqa: E402
 NAME = "ct_imaging_quality"
 # DDS proximal weights (I + gamma AᵀA) u = x0_hat + gamma Aᵀy, tuned on validation crops (tune_imaging)
 GAMMA_DEBLUR, GAMMA_SR, GAMMA_INPAINT = 10.0, 1000.0, 1000.0
-CT_DDS = dict(sampler="dds", eta=0.85, cg_iters=5, gamma=1.0)
+# CT: more CG iterations per step on the (noiseless) normal equations than the released 5 proximal ones. On the
+# validation phantoms (tuning "ct_dds_cg_iters"): 16 views 38.80 -> 39.27 dB with 50; the 120-degree arc, whose
+# ill-conditioned system 5 iterations leave far from consistent, 32.03 -> 36.22 / 38.06 / 40.17 dB with 50/100/200
+CT_DDS = dict(sampler="dds", eta=0.85, cg_iters=50, dc="normal")
+LA_DDS = dict(sampler="dds", eta=0.85, cg_iters=200, dc="normal")
 DEBLUR_DDS = dict(sampler="dds", eta=0.85, cg_iters=5, gamma=GAMMA_DEBLUR)
 SR_DDS = dict(sampler="dds", eta=0.85, cg_iters=5, gamma=GAMMA_SR)
 INPAINT_DDS = dict(sampler="dds", eta=0.5, cg_iters=5, gamma=GAMMA_INPAINT)
@@ -67,7 +73,7 @@ SETTINGS = {
     "la": ({"task": "ct", "geometry": "limited_angle", "arc_degrees": 120.0, "step_degrees": 1.0}, "ct-phantom", {
         "fbp (ramp, tuned)": dict(sampler="fbp", filter="ramp"),
         "cg-tikhonov": dict(sampler="cg", reg=0.0, iterations=1000),
-        "dds": CT_DDS}),
+        "dds": LA_DDS}),
     "volume": ({"task": "ct-volume", "source": "phantom3d", "seed": 0, "n_views": 8}, "ct-phantom", {
         "fbp (hann, tuned)": dict(sampler="fbp", filter="hann"),
         "cg-tikhonov": dict(sampler="cg", reg=0.01, iterations=1000),
@@ -166,7 +172,8 @@ def tune_ct(steps):
             dds = dict(sampler="dds", prior=prior, steps=steps)
             jobs += [(f"dds gamma={g}", dict(dds, gamma=g)) for g in (0.01, 0.1, 1.0, 10.0)]
             jobs += [(f"dds gamma=1 {kw}", dict(dds, gamma=1.0, **kw))
-                     for kw in (dict(eta=0.5), dict(cg_iters=10), dict(cg_iters=20))]
+                     for kw in (dict(eta=0.5), dict(cg_iters=10), dict(cg_iters=20), dict(cg_iters=50))]
+            jobs += [(f"dds dc=normal cg_iters={m}", dict(dds, dc="normal", cg_iters=m)) for m in (50, 100, 200)]
         out[name] = _sweep(f"tune_ct {name}", op, op(x), x, jobs)
     return {"data": "sample_phantoms(8, 64, seed 1234)", "steps": steps, "mean_psnr": out}
 
@@ -244,7 +251,7 @@ def summary(sections: dict) -> dict:
                                        "ssim": round(methods[ref]["ssim"]["mean"] - r["ssim"]["mean"], 3)}
         if name in ("ct16", "ct32"):
             fbp = [m for m in methods if methods[m]["sampler"] == "fbp"]
-            row["goal_fbp_plus_5db_met"] = all(row["gain_over"][m]["psnr_db"] >= 5 for m in fbp)
+            row["goal_fbp_plus_5db_met"] = {m: row["gain_over"][m]["psnr_db"] >= 5 for m in fbp}
         if "volume" in methods[ref]:
             row["flicker"] = {m: methods[m]["volume"] for m in methods}
             row["truth_z_flicker"] = sec.get("truth_z_flicker")
@@ -270,7 +277,13 @@ def markdown(payload: dict) -> str:
              "Held-out test images only (never trained on, never tuned on); every knob was chosen on validation "
              "data (training-distribution CT phantoms, a seed-1 phantom volume, crops of the training photos). "
              "64x64 images in [0, 1]; PSNR/SSIM (scikit-image, data range 1), mean ± std over images; DDS: 50 "
-             "steps, seed 0. Times: shared 2-core CPU, indicative only.", ""]
+             "steps, seed 0. Times: shared 2-core CPU, indicative only.", "",
+             "Notes: DDS knobs differ from the released ones where validation said so: CT uses 50 (limited angle "
+             "200) CG iterations per step on the normal equations instead of 5 proximal ones (the 32-view setting "
+             "reuses the 16-view choice); the photo tasks use gamma 10 (deblur), 1000 (SR, inpaint) instead of 1. "
+             "The photo validation crops come from the photos the `natural` prior was trained on, which flatters "
+             "DDS: it won deblurring (+1.9 dB) and SR (+0.6 dB) there but does not beat the classical baselines on "
+             "the held-out photos below. The CT volume is synthetic (no real CT volume on disk).", ""]
     for name, sec in payload["sections"].items():
         m0 = next(iter(sec["methods"].values()))
         lines += [f"### {TITLES.get(name, name)}", "",
@@ -295,7 +308,8 @@ def markdown(payload: dict) -> str:
             gains = "; ".join(f"{m}: {g['psnr_db']:+.2f} dB, SSIM {g['ssim']:+.3f}" for m, g in s["gain_over"].items())
             lines += ["", f"{s['dds']} minus baseline: {gains}."]
             if "goal_fbp_plus_5db_met" in s:
-                lines.append(f"Goal DDS >= FBP + 5 dB: {'met' if s['goal_fbp_plus_5db_met'] else 'NOT met'}.")
+                goal = "; ".join(f"{m}: {'met' if ok else 'NOT met'}" for m, ok in s["goal_fbp_plus_5db_met"].items())
+                lines.append(f"Goal DDS >= FBP + 5 dB: {goal}.")
         lines.append("")
     tun = payload.get("tuning", {})
     if tun:
@@ -315,6 +329,7 @@ def main():
     parser.add_argument("--n-slices", type=int, default=16, help="slices of the test volume")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--force", action="store_true", help="rerun sections already in the results file")
+    parser.add_argument("--report", action="store_true", help="only rewrite the summary and the markdown")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -323,6 +338,11 @@ def main():
     payload.setdefault("sections", {})
     payload.setdefault("tuning", {})
     payload["description"] = __doc__.split("\n\nRun")[0]
+    if args.report:
+        payload["summary"] = summary(payload["sections"])
+        write_result(NAME, payload)
+        (RESULTS / f"{NAME}.md").write_text(markdown(payload))
+        return
     for name in [s.strip() for s in args.sections.split(",") if s.strip()]:
         tuning = name.startswith("tune_")
         store = payload["tuning"] if tuning else payload["sections"]

@@ -25,7 +25,8 @@ Results accumulate in benchmarks/results/headline.json (finished entries are ski
 measured with different settings are re-run) and benchmarks/results/headline.md is rewritten after each one.
 
 Run:  OMP_NUM_THREADS=1 python benchmarks/bench_headline.py [--tasks mri,ct] [--methods all] [--n-images 8]
-      [--dps-steps 1000] [--mcg-steps 1000] [--dps-grid 0.3,1,3] [--tune-images 2] [--device cpu] [--threads 1]
+      [--dps-steps 1000] [--mcg-steps 1000] [--dps-grid 0.3,1,3] [--dps-grid-ct GRID] [--tune-images 2]
+      [--device cpu] [--threads 1] [--force]
 """
 from __future__ import annotations
 
@@ -142,6 +143,7 @@ def main():
     ap.add_argument("--dps-steps", type=int, default=1000)
     ap.add_argument("--mcg-steps", type=int, default=1000)
     ap.add_argument("--dps-grid", default="0.3,1,3", help="DPS scales tried on the validation images")
+    ap.add_argument("--dps-grid-ct", default=None, help="DPS scales for CT (default: --dps-grid)")
     ap.add_argument("--tune-images", type=int, default=2)
     ap.add_argument("--tune-steps", type=int, default=None, help="DPS steps when tuning (default: --dps-steps)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -165,7 +167,8 @@ def main():
                 knobs["steps"] = a.mcg_steps
             if m == "dps":
                 knobs["steps"] = a.dps_steps
-                knobs["scale"] = tune_dps(out, path, a, task, tune_steps)
+                grid = a.dps_grid_ct if task == "ct" and a.dps_grid_ct else a.dps_grid
+                knobs["scale"] = tune_dps(out, path, a, task, tune_steps, grid)
             spec = dict(task=task, sampler=m, knobs=knobs, images="test", n=a.n_images, device=a.device,
                         threads=a.threads)
             key = f"{task}/{m}"
@@ -179,11 +182,11 @@ def main():
             print(f"  {key}: PSNR {out['runs'][key]['psnr_stats']} {r['seconds']:.1f} s", flush=True)
 
 
-def tune_dps(out, path, a, task, steps):
-    key = f"{task}/dps/steps{steps}/n{a.tune_images}/grid{a.dps_grid}"
+def tune_dps(out, path, a, task, steps, grid):
+    key = f"{task}/dps/steps{steps}/n{a.tune_images}/grid{grid}"
     entry = out["tuning"].setdefault(key, {"scores": {}})
-    for s in [float(v) for v in a.dps_grid.split(",")]:
-        if str(s) in entry["scores"] and not a.force:
+    for s in [float(v) for v in grid.split(",")]:
+        if str(s) in entry["scores"]:  # tuning is keyed by steps/images/grid; --force re-runs test entries only
             continue
         spec = dict(task=task, sampler="dps", knobs={"steps": steps, "scale": s}, images="validation",
                     n=a.tune_images, device=a.device, threads=a.threads)
@@ -256,7 +259,7 @@ def report(out) -> str:
         head = "| method | steps / knobs | PSNR (dB) | SSIM |"
         if task == "ct":
             head += f" PSNR real ({len(real)}) | SSIM real ({len(real)}) |"
-        lines += [head + " NFE | wall (s) | peak mem (MiB) |", "|" + "---|" * (head.count("|") + 2)]
+        lines += [head + " NFE | wall (s) | peak mem (MiB) | load avg |", "|" + "---|" * (head.count("|") + 3)]
         for m in METHODS:
             if m not in runs:
                 continue
@@ -268,7 +271,8 @@ def report(out) -> str:
             if task == "ct":
                 pr, sr = np.array(r["psnr"])[real], np.array(r["ssim"])[real]
                 row += f" {pr.mean():.2f} ± {pr.std():.2f} | {sr.mean():.3f} ± {sr.std():.3f} |"
-            lines.append(row + f" {r['nfe']} | {r['seconds']:.1f} | {mem} |")
+            load = r["machine"]["load_average_1_5_15"][0]
+            lines.append(row + f" {r['nfe']} | {r['seconds']:.1f} | {mem} | {load:.1f} |")
         if "dds" in runs and "dps" in runs:
             d, q = runs["dds"], runs["dps"]
             mem = (f"{d['peak_memory_bytes'] / q['peak_memory_bytes']:.2f}"
@@ -285,8 +289,9 @@ def report(out) -> str:
                               f"{', '.join(names_v)}; mean PSNR): {grid} → chosen **{t.get('chosen')}**."]
         mach = next(iter(runs.values()))["machine"]
         lines += ["", f"Machine: {mach['cpu']}, {mach['device']}, torch {mach['torch']}, "
-                      f"{mach['torch_threads']} thread(s), {mach['date']}, load average (1/5/15 min) at the last "
-                      f"run {mach['load_average_1_5_15']}.", ""]
+                      f"{mach['torch_threads']} thread(s), {mach['date']}. `load avg` = 1-minute load average when "
+                      f"the run finished (a shared 2-core machine: wall times are only comparable at similar load).",
+                  ""]
     lines += [f"Command: `{out.get('command', '')}`", ""]
     return "\n".join(lines)
 
