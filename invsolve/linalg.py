@@ -15,12 +15,9 @@ Tensor = torch.Tensor
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
     """Per-sample ``Re <a, b> = Re sum conj(a) b``, shape ``(B,)``; accumulated in float64."""
-    dims = tuple(range(1, a.dim()))
-    if a.is_complex():
-        prod = (a.conj() * b).real
-    else:
-        prod = a * b
-    return prod.to(torch.float64).sum(dim=dims)
+    if a.is_complex():  # Re(conj(a) b) = Re a Re b + Im a Im b: one product over the real views
+        a, b = torch.view_as_real(a), torch.view_as_real(b)
+    return (a * b).sum(dim=tuple(range(1, a.dim())), dtype=torch.float64)
 
 
 def _bilinear(a: Tensor, b: Tensor) -> Tensor:
@@ -28,6 +25,14 @@ def _bilinear(a: Tensor, b: Tensor) -> Tensor:
     dims = tuple(range(1, a.dim()))
     p = a * b
     return p.to(torch.complex128 if p.is_complex() else torch.float64).sum(dim=dims)
+
+
+def _ratio(num: Tensor, den: Tensor, nonnegative: bool) -> Tensor:
+    """``num / den`` per sample, 0 where ``den == 0`` (a converged or zero system takes no step)."""
+    if nonnegative:  # Hermitian CG: den = ||.||² or <p, Kp>, real; den <= 0 only for p = 0 (or rounding)
+        return torch.where(den > 0, num / den, 0.0)
+    safe = den != 0
+    return torch.where(safe, num / torch.where(safe, den, torch.ones_like(den)), torch.zeros_like(num))
 
 
 def _bcast(v: Tensor, like: Tensor) -> Tensor:
@@ -92,23 +97,28 @@ def cg(
     active = torch.ones(b.shape[0], dtype=torch.bool, device=b.device)
     if tol is not None:
         active = rnorm > tol * bnorm
+    hermitian = dot is _dot  # then rr = ||r||² and the residual norm needs no extra reduction
     for _ in range(max_iter):
         if tol is not None and not bool(active.any()):
             break
         Kp = K(p)
         pKp = dot(p, Kp)
-        safe = pKp.abs() > 0
-        alpha = torch.where(safe & active, rr / torch.where(safe, pKp, torch.ones_like(pKp)), torch.zeros_like(rr))
+        alpha = _ratio(rr, pKp, hermitian)
+        if tol is not None:
+            alpha = torch.where(active, alpha, torch.zeros_like(alpha))
         a = _bcast(alpha, b).to(b.dtype)
-        x = x + a * p
-        r = r - a * Kp
+        x = torch.addcmul(x, a, p)
+        r = torch.addcmul(r, a, Kp, value=-1)
         rr_new = dot(r, r)
-        safe_rr = rr.abs() > 0
-        beta = torch.where(safe_rr & active, rr_new / torch.where(safe_rr, rr, torch.ones_like(rr)),
-                           torch.zeros_like(rr))
-        p = torch.where(_bcast(active, b), r + _bcast(beta, b).to(b.dtype) * p, p)
-        rr = torch.where(active, rr_new, rr)
-        rnorm = torch.where(active, _dot(r, r).sqrt(), rnorm)
+        beta = _ratio(rr_new, rr, hermitian)
+        rnorm_new = rr_new.clamp_min(0).sqrt() if hermitian else _dot(r, r).sqrt()
+        if tol is None:  # fixed iterations: every sample is active, no masking and no host synchronisation
+            p = torch.addcmul(r, _bcast(beta, b).to(b.dtype), p)
+            rr, rnorm = rr_new, rnorm_new
+        else:
+            p = torch.where(_bcast(active, b), r + _bcast(beta, b).to(b.dtype) * p, p)
+            rr = torch.where(active, rr_new, rr)
+            rnorm = torch.where(active, rnorm_new, rnorm)
         iters = iters + active.to(torch.int64)
         history.append(rnorm)
         if tol is not None:
