@@ -235,3 +235,11 @@ def test_tv_complex_mri_beats_zero_filling():
     zf = np.mean(psnr(inv.solve(y, op, sampler="adjoint").x, x))
     tv = inv.solve(y, op, sampler="tv", lam=0.02, iterations=200)
     assert tv.x.is_complex() and np.mean(psnr(tv.x, x)) > zf + 2.0
+
+
+@pytest.mark.parametrize("name", ["stsl", "psld"])
+def test_gradient_samplers_on_complex_multicoil_mri(tiny, name):
+    """Complex images and k-space: the data term is |.|², the initial image is clamped in magnitude."""
+    prior, op, y = tiny
+    res = inv.solve(y, op, prior=prior, sampler=name, steps=2, seed=0)
+    assert res.x.is_complex() and res.x.shape == (2, 1, 16, 16) and torch.isfinite(res.x.abs()).all()

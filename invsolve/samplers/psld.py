@@ -36,7 +36,7 @@ def check_decoder_fits(prior, op, y: torch.Tensor) -> torch.Tensor:
 
 def initial_latent(prior, op, y, generators, t: int, init: str, pinv_iters: int = 30) -> torch.Tensor:
     """``sqrt(abar_t) E(x_init) + sqrt(1 - abar_t) n`` with ``x_init`` = ``Aᵀy`` (``init="adjoint"``), ``A⁺y``
-    (``"pinv"``), or pure noise (``"noise"``); ``x_init`` is clamped to the prior's data range before encoding."""
+    (``"pinv"``), or pure noise (``"noise"``); ``x_init`` is clamped to the prior's data range (its magnitude, for complex images) before encoding."""
     if init not in ("adjoint", "pinv", "noise"):
         raise ValueError(f"init must be 'adjoint', 'pinv' or 'noise', got {init!r}")
     x_adj = check_decoder_fits(prior, op, y)
@@ -47,7 +47,12 @@ def initial_latent(prior, op, y, generators, t: int, init: str, pinv_iters: int 
     x = x_adj if init == "adjoint" else pinv(op, y, pinv_iters)
     lo, hi = prior.data_range
     with torch.no_grad():
-        z = prior.to_prior(x.clamp(lo, hi))
+        if x.is_complex():  # complex images (MRI): bound the magnitude, keep the phase
+            mag = x.abs()
+            x = x * (mag.clamp(max=hi) / mag.clamp_min(1e-12))
+        else:
+            x = x.clamp(lo, hi)
+        z = prior.to_prior(x)
     ab = prior.alpha_bar(t).to(z.dtype)
     return ab.sqrt() * z + (1 - ab).sqrt() * n
 

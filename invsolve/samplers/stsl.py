@@ -105,7 +105,7 @@ def stsl(prior, op, y, *, generators, steps=50, inner=2, lam=1.0, rho=0.5, eta=0
                 zt = z.detach().requires_grad_(True)
                 z0, e = prior.tweedie(zt, t)
                 x0 = prior.from_prior(z0)
-                r2 = (y - op(x0)).flatten(1).square().sum(1)
+                r2 = (y - op(x0)).flatten(1).abs().square().sum(1)  # |.|²: complex k-space too
                 loss = lam * r2
                 if eta > 0:
                     tr = hutchinson_trace(prior, zt, t, randn(shape, generators, y.device), c, e)
