@@ -16,7 +16,7 @@ Tensor = torch.Tensor
 def _dot(a: Tensor, b: Tensor) -> Tensor:
     """Per-sample ``Re <a, b> = Re sum conj(a) b``, shape ``(B,)``; accumulated in float64."""
     if a.is_complex():  # Re(conj(a) b) = Re a Re b + Im a Im b: one product over the real views
-        a, b = torch.view_as_real(a), torch.view_as_real(b)
+        a, b = torch.view_as_real(a.resolve_conj()), torch.view_as_real(b.resolve_conj())
     return (a * b).sum(dim=tuple(range(1, a.dim())), dtype=torch.float64)
 
 
