@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from ._json import json_safe
 from .config import check_keys
 from .errors import InputFileError, InvsolveError
 
@@ -86,7 +87,7 @@ def run(cfg, progress: bool = True) -> Dict[str, Any]:
     record = {
         "config": OmegaConf.to_container(cfg, resolve=True), "names": problem.names, "metrics": metrics,
         "cost": {"nfe": res.nfe, "seconds": res.seconds, "peak_memory_bytes": res.peak_memory},
-        "solve_config": res.config, "problem_meta": _jsonable(problem.meta),
+        "solve_config": res.config, "problem_meta": json_safe(problem.meta),
         "baseline_cost": {b: {"seconds": r.seconds} for b, r in base_res.items()},
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -125,18 +126,6 @@ def _sampler_options(options: Dict[str, Any], sampler: str) -> Dict[str, Any]:
         raise InvsolveError(f"solver.options must map sampler names to option dicts (e.g. solver.options.dds.gamma=10);"
                             f" {bad} are not sampler names")
     return dict(options.get(sampler) or {})
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist() if obj.numel() <= 64 else f"tensor{tuple(obj.shape)}"
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    return obj
 
 
 def _figure(path, problem, res, base_res, metrics, sampler: str):

@@ -53,6 +53,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from .._json import json_safe
 from ..errors import InvsolveError, UnknownNameError
 from . import datasets
 
@@ -414,22 +415,6 @@ def _metrics(problem, op, y, x_true, x, want_lpips: bool) -> Dict[str, Any]:
     return out
 
 
-def _json_safe(obj):
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist() if obj.numel() <= 64 else f"tensor{tuple(obj.shape)}"
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return str(obj)
-    if obj is None or isinstance(obj, (str, int, float, bool)):
-        return obj
-    return str(obj)
-
-
 def run_item(plan: Plan, item: Item, shard: Tuple[int, int]) -> Dict[str, Any]:
     """Solve one item, score it and write its result (``status`` ``ok`` or ``failed``); returns the record."""
     from ..api import solve
@@ -457,7 +442,7 @@ def run_item(plan: Plan, item: Item, shard: Tuple[int, int]) -> Dict[str, Any]:
             raise FloatingPointError("the reconstruction has NaN/Inf values (the sampler diverged)")
         rec["metrics"] = _metrics(problem, op, y, x_true, x, bool(plan.suite["lpips"]))
         rec.update(nfe=int(res.nfe), seconds=float(res.seconds), peak_memory=res.peak_memory,
-                   solve_config=_json_safe(res.config), status="ok", error=None)
+                   solve_config=json_safe(res.config), status="ok", error=None)
         datasets.write_atomic(item.path(plan.out, ".npy"), lambda t: _save_npy(t, x.numpy()))
         rec["reconstruction"] = item.path(plan.out, ".npy").name
         if res.samples is not None:
@@ -469,7 +454,7 @@ def run_item(plan: Plan, item: Item, shard: Tuple[int, int]) -> Dict[str, Any]:
                    traceback="".join(traceback.format_exception(type(e), e, e.__traceback__)[-6:]))
     rec["wall_seconds"] = time.perf_counter() - t0
     rec["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    rec = _json_safe(rec)
+    rec = json_safe(rec)
     datasets.write_atomic(item.path(plan.out), lambda t: t.write_text(json.dumps(rec, indent=1)))
     return rec
 
@@ -511,7 +496,7 @@ def write_plan(plan: Plan, command: str):
     blob = {"suite": plan.suite, "command": command, "tasks": plan.tasks, "methods": plan.methods,
             "pairs": plan.pairs, "items": [it.key for it in plan.items],
             "invsolve": _version(), "torch": torch.__version__}
-    blob = _json_safe(blob)
+    blob = json_safe(blob)
     datasets.write_atomic(plan.out / "plan.json", lambda t: t.write_text(json.dumps(blob, indent=1)))
 
 

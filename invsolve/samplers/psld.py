@@ -36,7 +36,8 @@ def check_decoder_fits(prior, op, y: torch.Tensor) -> torch.Tensor:
 
 def initial_latent(prior, op, y, generators, t: int, init: str, pinv_iters: int = 30) -> torch.Tensor:
     """``sqrt(abar_t) E(x_init) + sqrt(1 - abar_t) n`` with ``x_init`` = ``Aᵀy`` (``init="adjoint"``), ``A⁺y``
-    (``"pinv"``), or pure noise (``"noise"``); ``x_init`` is clamped to the prior's data range (its magnitude, for complex images) before encoding."""
+    (``"pinv"``), or pure noise (``"noise"``); ``x_init`` is clamped to the prior's data range (its magnitude, for
+    complex images) before encoding."""
     if init not in ("adjoint", "pinv", "noise"):
         raise ValueError(f"init must be 'adjoint', 'pinv' or 'noise', got {init!r}")
     x_adj = check_decoder_fits(prior, op, y)
