@@ -171,11 +171,12 @@ def main():
                 knobs["scale"] = tune_dps(out, path, a, task, tune_steps, grid)
             spec = dict(task=task, sampler=m, knobs=knobs, images="test", n=a.n_images, device=a.device,
                         threads=a.threads)
-            key = f"{task}/{m}"
+            key = f"{task}/{m}@{knobs['steps']}" if m in ("dps", "mcg") else f"{task}/{m}"
             if not a.force and out["runs"].get(key, {}).get("spec") == spec:
                 continue
             print(f"running {key} {knobs}", flush=True)
             r = launch(spec)
+            TOUCHED.add(key)
             out["runs"][key] = {"label": label, "spec": spec, **r, "psnr_stats": _stats(r["psnr"]),
                                 "ssim_stats": _stats(r["ssim"]), "machine": machine_info(a)}
             save(out, path)
@@ -218,7 +219,39 @@ def _cpu_name():
 
 
 def save(out, path):
-    """Write the JSON and markdown; the recorded command repeats every flag but --tasks/--methods/--force."""
+    """Write the JSON and markdown; the recorded command repeats every flag but --tasks/--methods/--force.
+
+    Several drivers may run at once (e.g. ``--tasks mri`` and ``--tasks ct`` on two cores): under an exclusive lock
+    the file on disk is re-read and merged with ``out`` (this process's runs and tuning scores win), so one
+    driver never drops another's finished entries.
+    """
+    import fcntl
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        disk = json.loads(path.read_text()) if path.exists() else {}
+        _merge(out, disk)
+        _save_locked(out, path)
+
+
+TOUCHED: set[str] = set()  # run keys measured by this process (they win over the file's copy when merging)
+
+
+def _merge(out, disk):
+    for k, v in disk.get("runs", {}).items():
+        if k not in TOUCHED:
+            out["runs"][k] = v
+    for k, v in disk.get("tuning", {}).items():
+        mine = out["tuning"].setdefault(k, {"scores": {}})
+        for s, r in v.get("scores", {}).items():
+            mine["scores"].setdefault(s, r)
+        if "chosen" not in mine and "chosen" in v:
+            mine["chosen"] = v["chosen"]
+    for k, v in disk.items():
+        if k not in ("runs", "tuning", "command"):
+            out.setdefault(k, v)
+
+
+def _save_locked(out, path):
     args, skip = [], False
     for tok in sys.argv[1:]:
         if skip or tok == "--force":
@@ -243,14 +276,17 @@ def report(out) -> str:
              "resident-set growth, each method in a fresh process; CUDA: max allocated). Registered defaults "
              "except: DDS γ = 10 on MRI (validation-tuned, configs/reconstruct/mri_dds.yaml); DPS `scale` tuned on "
              "validation images (below); step counts as listed.", ""]
-    dps_steps = {r["spec"]["knobs"].get("steps") for k, r in out["runs"].items() if k.endswith(("/dps", "/mcg"))}
+    dps_steps = {r["spec"]["knobs"].get("steps") for k, r in out["runs"].items() if "/dps@" in k}
     if dps_steps and max(dps_steps) < 1000:
-        lines += [f"**Reduced run:** DPS/MCG used {sorted(dps_steps)} steps, not the reference 1000, to fit the CPU "
+        lines += [f"**Reduced run:** DPS used {sorted(dps_steps)} steps, not the reference 1000, to fit the CPU "
                   "budget; the DDS/DPS ratios below are for that step count (measured, not extrapolated). "
                   "Rerun with `--dps-steps 1000 --mcg-steps 1000` (e.g. on a GPU) for the 1000-step headline.", ""]
     for task, title in (("mri", "Multi-coil MRI, uniform-1D 4x (8 % ACS), 8 birdcage coils, prior `mri-brain`"),
                         ("ct", "Parallel-beam CT, 16 views over [0, π), prior `ct-phantom`")):
         runs = {k.split("/")[1]: v for k, v in out["runs"].items() if k.startswith(task + "/")}
+        # DPS / MCG may be present at several step counts ("dps@100", "dps@1000"): fewest steps first
+        order = sorted(runs, key=lambda k: (list(METHODS).index(k.split("@")[0]), int(k.split("@")[1]) if "@" in k
+                                            else 0))
         if not runs:
             continue
         names = next(iter(runs.values()))["names"]
@@ -260,9 +296,7 @@ def report(out) -> str:
         if task == "ct":
             head += f" PSNR real ({len(real)}) | SSIM real ({len(real)}) |"
         lines += [head + " NFE | wall (s) | peak mem (MiB) | load avg |", "|" + "---|" * (head.count("|") + 3)]
-        for m in METHODS:
-            if m not in runs:
-                continue
+        for m in order:
             r = runs[m]
             p, s = r["psnr_stats"], r["ssim_stats"]
             mem = "n/a" if r["peak_memory_bytes"] is None else f"{r['peak_memory_bytes'] / 2**20:.0f}"
@@ -273,8 +307,10 @@ def report(out) -> str:
                 row += f" {pr.mean():.2f} ± {pr.std():.2f} | {sr.mean():.3f} ± {sr.std():.3f} |"
             load = r["machine"]["load_average_1_5_15"][0]
             lines.append(row + f" {r['nfe']} | {r['seconds']:.1f} | {mem} | {load:.1f} |")
-        if "dds" in runs and "dps" in runs:
-            d, q = runs["dds"], runs["dps"]
+        for q in [runs[k] for k in order if k.startswith("dps@")]:
+            d = runs.get("dds")
+            if d is None:
+                break
             mem = (f"{d['peak_memory_bytes'] / q['peak_memory_bytes']:.2f}"
                    if d["peak_memory_bytes"] and q["peak_memory_bytes"] else "n/a")
             lines += ["", f"DDS / DPS ({q['spec']['knobs']['steps']} steps): speed-up (DPS wall / DDS wall) "
@@ -293,6 +329,8 @@ def report(out) -> str:
                       f"the run finished (a shared 2-core machine: wall times are only comparable at similar load).",
                   ""]
     lines += [f"Command: `{out.get('command', '')}`", ""]
+    if out.get("notes"):
+        lines += ["Notes on these runs:", ""] + [f"* {n}" for n in out["notes"]] + [""]
     return "\n".join(lines)
 
 
