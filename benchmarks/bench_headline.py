@@ -249,9 +249,9 @@ def _merge(out, disk):
             mine["scores"].setdefault(s, r)
         if "chosen" not in mine and "chosen" in v:
             mine["chosen"] = v["chosen"]
-    for k, v in disk.items():
+    for k, v in disk.items():  # notes, superseded entries, sweeps: edited in the file, never by a driver
         if k not in ("runs", "tuning", "command"):
-            out.setdefault(k, v)
+            out[k] = v
 
 
 def _save_locked(out, path):
