@@ -42,6 +42,16 @@ def test_unknown_config_key_exits_nonzero_without_traceback(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+def test_sampler_knob_overrides_beyond_the_file_are_validated_by_the_sampler(tmp_path, capsys):
+    """The file sets dds.{eta,cg_iters,gamma}; dds.dc may still be overridden, a misspelt knob is an error."""
+    args = ["reconstruct", "--no-progress", CFG, "solver.steps=2", "problem.index=[0]"]
+    assert main(args + ["solver.options.dds.dc=normal", f"output.dir={tmp_path / 'a'}"]) == 0
+    rec = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert rec["solve_config"]["knobs"]["dc"] == "normal"
+    assert main(args + ["solver.options.dds.dcc=normal", f"output.dir={tmp_path / 'b'}"]) == 1
+    assert "dcc" in capsys.readouterr().err
+
+
 def test_unknown_task_option_and_missing_inputs(tmp_path, capsys):
     assert main(["reconstruct", CFG, "problem.acceleraton=8", f"output.dir={tmp_path / 'a'}"]) == 1
     assert "problem.acceleration" in capsys.readouterr().err
