@@ -24,7 +24,8 @@ is not masked by memory freed by a previous method; on CUDA it is ``max_memory_a
 ``Result.seconds`` (the sampler only, not prior loading).
 
 Results accumulate in benchmarks/results/headline.json (finished entries are skipped unless --force; entries
-measured with different settings are re-run) and benchmarks/results/headline.md is rewritten after each one.
+measured with different settings are re-run); benchmarks/results/headline.md and the ``headline`` section of
+BENCHMARKS.md are rewritten from it after each one (notes belong in the JSON's ``notes`` list).
 
 Run:  OMP_NUM_THREADS=1 python benchmarks/bench_headline.py [--tasks mri,ct] [--methods all] [--n-images 8]
       [--dps-steps 1000] [--mcg-steps 1000] [--dps-grid 0.3,1,3] [--dps-grid-ct GRID] [--tune-images 2]
@@ -44,7 +45,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine, write_result  # noqa: E402
+from _common import RESULTS, machine, update_benchmarks_md, write_result  # noqa: E402
 
 NAME = "headline"
 PRIOR = {"mri": "mri-brain", "ct": "ct-phantom"}
@@ -268,6 +269,7 @@ def _save_locked(out, path):
     out["command"] = "OMP_NUM_THREADS=1 python benchmarks/bench_headline.py " + " ".join(args)
     write_result(NAME, out)
     (RESULTS / f"{NAME}.md").write_text(report(out))
+    update_benchmarks_md(NAME, report(out))
 
 
 # ----------------------------------------------------------------------------------------------- report
