@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CFG = ROOT / "configs" / "reconstruct"
 TINY = {  # config -> overrides that keep one end-to-end run to a few seconds
     "ct_sparse_view_dds.yaml": ["problem.index=[0]"],
+    "ct_fan_beam_dds.yaml": ["problem.index=[2]"],
     "ct_limited_angle_dds.yaml": ["problem.index=[1]", "problem.step_degrees=4"],
     "ct_volume_dds.yaml": ["problem.n_slices=3", "output.figure=false"],
     "deblur_dds.yaml": ["problem.index=[0]"],

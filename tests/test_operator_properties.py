@@ -6,6 +6,7 @@ import torch
 
 from invsolve.operators import (
     Blur,
+    FanBeamCT,
     Identity,
     Inpainting,
     MultiCoilMRI,
@@ -35,6 +36,7 @@ OPERATORS = {
         torch.stack([masks.uniform1d((8, 8), 2, 0.25, seed=s) for s in (0, 1)])), (2, 1, 8, 8), True),
     "singlecoil_mri": lambda: (SingleCoilMRI(masks.gaussian2d((10, 14), 3, seed=2)), (2, 1, 10, 14), True),
     "ct_sparse": lambda: (ParallelBeamCT(16, sparse_view_angles(7)).to(D), (2, 1, 16, 16), False),
+    "ct_fan": lambda: (FanBeamCT(16, 2 * sparse_view_angles(9), source_distance=30.0).to(D), (2, 1, 16, 16), False),
     "blur_circular": lambda: (Blur(gaussian_kernel(5, 1.0), padding="circular").to(D), (2, 3, 12, 10), False),
     "blur_reflect": lambda: (Blur(gaussian_kernel(5, 1.0), padding="reflect").to(D), (2, 1, 12, 10), False),
     "blur_valid": lambda: (Blur(gaussian_kernel(3, 1.0), padding="valid").to(D), (1, 1, 9, 9), False),

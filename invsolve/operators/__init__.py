@@ -17,6 +17,7 @@ from .base import (
 )
 from .blur import Blur, gaussian_kernel, motion_kernel, uniform_kernel
 from .ct import ParallelBeamCT, fbp, limited_angle_angles, sparse_view_angles
+from .fanbeam import FanBeamCT
 from .fft import fft2c, ifft2c
 from .mri import MultiCoilMRI, SingleCoilMRI
 from .noise import GaussianNoise, PoissonNoise
@@ -25,7 +26,7 @@ from .sampling import Inpainting, SuperResolution, box_mask, random_mask
 __all__ = [
     "Operator", "LinearOperator", "Composed", "ComposedLinear", "Adjoint", "Normal", "Scaled", "Identity",
     "adjoint_mismatch", "inner", "fft2c", "ifft2c", "MultiCoilMRI", "SingleCoilMRI", "masks", "coils", "noise",
-    "GaussianNoise", "PoissonNoise", "ParallelBeamCT", "fbp", "sparse_view_angles", "limited_angle_angles",
+    "GaussianNoise", "PoissonNoise", "ParallelBeamCT", "FanBeamCT", "fbp", "sparse_view_angles", "limited_angle_angles",
     "Blur", "gaussian_kernel", "uniform_kernel", "motion_kernel", "Inpainting", "SuperResolution", "random_mask",
     "box_mask",
 ]

@@ -80,35 +80,53 @@ def _default_detectors(image_size: int) -> int:
 
 # -- system matrix -------------------------------------------------------------------------------------------------
 def _joseph_entries(N: int, angles: np.ndarray, D: int):
-    """COO entries ``(ray, pixel, weight)`` of the Joseph projector; ray = view · D + detector, pixel = i · N + j.
+    """COO entries ``(ray, pixel, weight)`` of the parallel-beam Joseph projector; ray = view · D + detector.
+
+    View ``v``, detector ``k`` is the line ``θ = angles[v]``, ``s = k - D//2`` (see :func:`joseph_rays`).
+    """
+    s = (np.arange(D) - D // 2).astype(np.float64)
+    return joseph_rays(N, np.repeat(np.asarray(angles, np.float64), D), np.tile(s, len(angles)))
+
+
+def joseph_rays(N: int, theta: np.ndarray, s: np.ndarray, chunk: int = 8192):
+    """COO entries ``(ray, pixel, weight)`` of Joseph's projector for arbitrary lines ``x cos θ_r + y sin θ_r = s_r``
+    (``theta``, ``s``: ``(R,)`` float64, pixel units, the module's coordinates); pixel = i · N + j.
 
     A ray crossing the image mostly vertically (``|cos θ| ≥ |sin θ|``) meets every row once: linear interpolation
     along that row at ``x = (s - y sin θ) / cos θ``, times the step length ``1/|cos θ|``. Otherwise it meets every
-    column once (``y = (s - x cos θ) / sin θ``, step ``1/|sin θ|``).
+    column once (``y = (s - x cos θ) / sin θ``, step ``1/|sin θ|``). Rays are processed in chunks of ``chunk``.
     """
-    s = (np.arange(D) - D // 2).astype(np.float64)[:, None]  # (D, 1)
+    theta, s = np.asarray(theta, np.float64), np.asarray(s, np.float64)
     line = np.arange(N)[None, :]  # (1, N): the crossed rows or columns
     rays, pixels, weights = [], [], []
-    for v, th in enumerate(angles):
-        c, sn = math.cos(th), math.sin(th)
-        if abs(c) >= abs(sn):
-            pos = (s - (N // 2 - line) * sn) / c + N // 2  # column coordinate of the crossing in each row
-            step = 1.0 / abs(c)
-        else:
-            pos = N // 2 - (s - (line - N // 2) * c) / sn  # row coordinate of the crossing in each column
-            step = 1.0 / abs(sn)
-        pos = np.where(np.abs(pos - np.round(pos)) < 1e-9, np.round(pos), pos)  # exact on axis-aligned views
-        i0 = np.floor(pos)
-        frac = pos - i0
-        i0 = i0.astype(np.int64)
-        ray = v * D + np.broadcast_to(np.arange(D)[:, None], pos.shape)
-        lines = np.broadcast_to(line, pos.shape)
-        for idx, w in ((i0, (1.0 - frac) * step), (i0 + 1, frac * step)):
-            keep = (idx >= 0) & (idx < N) & (w > 0)
-            pix = lines * N + idx if abs(c) >= abs(sn) else idx * N + lines
-            rays.append(ray[keep])
-            pixels.append(pix[keep])
-            weights.append(w[keep])
+    for r0 in range(0, theta.size, chunk):
+        th, sr = theta[r0:r0 + chunk, None], s[r0:r0 + chunk, None]
+        ray_ids = np.arange(r0, r0 + th.shape[0])[:, None]
+        c, sn = np.cos(th), np.sin(th)
+        vertical = (np.abs(c) >= np.abs(sn))[:, 0]
+        for is_vertical in (True, False):
+            sel = vertical if is_vertical else ~vertical
+            if not sel.any():
+                continue
+            cs, ss, s_ = c[sel], sn[sel], sr[sel]
+            if is_vertical:
+                pos = (s_ - (N // 2 - line) * ss) / cs + N // 2  # column coordinate of the crossing in each row
+                step = 1.0 / np.abs(cs)
+            else:
+                pos = N // 2 - (s_ - (line - N // 2) * cs) / ss  # row coordinate of the crossing in each column
+                step = 1.0 / np.abs(ss)
+            pos = np.where(np.abs(pos - np.round(pos)) < 1e-9, np.round(pos), pos)  # exact on axis-aligned views
+            i0 = np.floor(pos)
+            frac = pos - i0
+            i0 = i0.astype(np.int64)
+            ray = np.broadcast_to(ray_ids[sel], pos.shape)
+            lines = np.broadcast_to(line, pos.shape)
+            for idx, w in ((i0, (1.0 - frac) * step), (i0 + 1, frac * step)):
+                keep = (idx >= 0) & (idx < N) & (w > 0)
+                pix = lines * N + idx if is_vertical else idx * N + lines
+                rays.append(ray[keep])
+                pixels.append(pix[keep])
+                weights.append(w[keep])
     return np.concatenate(rays), np.concatenate(pixels), np.concatenate(weights)
 
 

@@ -1,9 +1,11 @@
-"""Parallel-beam CT problems: single slices (task ``ct``) and volumes as stacks of slices (task ``ct-volume``).
+"""CT problems: single slices (task ``ct``) and volumes as stacks of slices (task ``ct-volume``).
 
 Images are in the units of the ``ct-phantom`` prior: the HU window [-1000, 1000] mapped to [0, 1]
 (:mod:`invsolve.data.ct`). Geometry (``problem.geometry``): ``sparse_view`` (``n_views`` angles uniform over
 [0, π)) or ``limited_angle`` (a contiguous arc of ``arc_degrees`` at ``step_degrees`` from ``start_degrees``);
-``angles_file`` (a ``.npy`` of radians) overrides both. ``noise_sigma`` adds white Gaussian noise to the sinogram,
+``angles_file`` (a ``.npy`` of radians) overrides both. ``beam``: ``parallel`` (default, :class:`ParallelBeamCT`)
+or ``fan`` (:class:`~invsolve.operators.fanbeam.FanBeamCT`, source at ``source_distance`` pixels, default 2 ``size``;
+``sparse_view`` then spans [0, 2π), a full scan). ``noise_sigma`` adds white Gaussian noise to the sinogram,
 in sinogram units (line integrals of [0, 1] images in pixel units; a 64-pixel body gives values up to ~40).
 
 Task ``ct`` sources (``problem.source``):
@@ -41,12 +43,14 @@ from ..data import ct as ct_data
 from ..errors import InputFileError, ShapeError
 from ..linalg import power_iteration
 from ..operators.ct import ParallelBeamCT, limited_angle_angles, sparse_view_angles
+from ..operators.fanbeam import FanBeamCT
 from ..operators.noise import GaussianNoise
 from . import Problem, register_task
 from .mri import _load_array
 
-GEOMETRY = dict(geometry="sparse_view", n_views=16, arc_degrees=120.0, step_degrees=1.0, start_degrees=0.0,
-                angles_file=None, n_detectors=None, noise_sigma=0.0, noise_seed=0)
+GEOMETRY = dict(geometry="sparse_view", beam="parallel", source_distance=None, n_views=16, arc_degrees=120.0,
+                step_degrees=1.0, start_degrees=0.0, angles_file=None, n_detectors=None, noise_sigma=0.0,
+                noise_seed=0)
 CT_DEFAULTS = dict(source="example", index=[0, 1, 2], path=None, key=None, size=64, resize=False,
                    image_units="unit", crop_body=True, **GEOMETRY)
 VOLUME_DEFAULTS = dict(source="phantom3d", n_slices=32, seed=0, slice_spacing=2.0, index=0, path=None, key=None,
@@ -55,27 +59,38 @@ VOLUME_DEFAULTS = dict(source="phantom3d", n_slices=32, seed=0, slice_spacing=2.
 
 # ----------------------------------------------------------------------------------------------- geometry
 def angles_for(geometry: str, n_views: int, arc_degrees: float, step_degrees: float, start_degrees: float,
-               angles_file: Optional[str]) -> torch.Tensor:
-    """View angles (float64 radians) of ``problem.geometry`` or from ``angles_file``."""
+               angles_file: Optional[str], beam: str = "parallel") -> torch.Tensor:
+    """View angles (float64 radians) of ``problem.geometry`` or from ``angles_file``; ``sparse_view`` spans
+    ``[0, π)`` for parallel beams and ``[0, 2π)`` (a full scan) for fan beams."""
     if angles_file:
         a = np.asarray(_load_array(angles_file, None), dtype=np.float64)
         if a.ndim != 1:
             raise ShapeError(f"problem.angles_file {angles_file} must hold a 1-D array of radians, got shape {a.shape}")
         return torch.from_numpy(a)
     if geometry == "sparse_view":
-        return sparse_view_angles(n_views)
+        return sparse_view_angles(n_views) * (2 if beam == "fan" else 1)
     if geometry == "limited_angle":
         return limited_angle_angles(arc_degrees, step_degrees, start_degrees)
     raise ValueError(f"problem.geometry must be 'sparse_view' or 'limited_angle', got {geometry!r}")
 
 
-def _operator(size, angles, n_detectors, geometry, noise_sigma) -> Tuple[ParallelBeamCT, dict]:
-    op = ParallelBeamCT(size, angles, n_detectors=n_detectors)
+def _operator(size, angles, n_detectors, geometry, noise_sigma, beam="parallel",
+              source_distance=None) -> Tuple[ParallelBeamCT, dict]:
+    if beam == "parallel":
+        if source_distance is not None:
+            raise ValueError("problem.source_distance applies to problem.beam=fan only")
+        op = ParallelBeamCT(size, angles, n_detectors=n_detectors)
+    elif beam == "fan":
+        op = FanBeamCT(size, angles, source_distance=source_distance, n_detectors=n_detectors)
+    else:
+        raise ValueError(f"problem.beam must be 'parallel' or 'fan', got {beam!r}")
     g = torch.Generator().manual_seed(0)
     opnorm = float(power_iteration(op.normal, torch.randn((1, 1, size, size), generator=g), iterations=30)[0])
-    meta = {"geometry": geometry, "n_views": op.n_views, "n_detectors": op.n_detectors,
+    meta = {"geometry": geometry, "beam": beam, "n_views": op.n_views, "n_detectors": op.n_detectors,
             "angles_degrees": [round(float(a), 4) for a in torch.rad2deg(op.angles)], "noise_sigma": noise_sigma,
             "opnorm_sq": opnorm}
+    if beam == "fan":
+        meta.update(source_distance=op.source_distance, fan_angle_degrees=math.degrees(op.fan_angle))
     return op, meta
 
 
@@ -137,7 +152,7 @@ def _pick(x, names, index):
     return x[idx], [names[i] for i in idx]
 
 
-def _sinogram(path, key, angles, size) -> torch.Tensor:
+def _sinogram(path, key, angles, size, min_detectors: Optional[int] = None) -> torch.Tensor:
     if path is None:
         raise InputFileError("problem.path is required when problem.source='sinogram'")
     s = np.asarray(_load_array(path, key))
@@ -149,20 +164,23 @@ def _sinogram(path, key, angles, size) -> torch.Tensor:
     if V != angles.numel():
         raise ShapeError(f"sinogram in {path} has {V} views (axis -2) but the geometry gives {angles.numel()} angles; "
                          f"set problem.n_views / problem.angles_file to match")
-    if D < math.ceil(math.sqrt(2) * size):
+    if min_detectors is not None:
+        if D < min_detectors:
+            raise ShapeError(f"sinogram in {path} has {D} detectors (last axis); need at least {min_detectors}")
+    elif D < math.ceil(math.sqrt(2) * size):
         raise ShapeError(f"sinogram in {path} has {D} detectors (last axis); a {size}x{size} image needs at least "
                          f"ceil(sqrt(2)*{size}) = {math.ceil(math.sqrt(2) * size)}")
     return s
 
 
-@register_task("ct", CT_DEFAULTS, summary="parallel-beam CT, sparse view or limited angle (held-out real slices or "
-                                          "your image / DICOM / sinogram)")
-def build(source, index, path, key, size, resize, image_units, crop_body, geometry, n_views, arc_degrees,
-          step_degrees, start_degrees, angles_file, n_detectors, noise_sigma, noise_seed) -> Problem:
-    angles = angles_for(geometry, n_views, arc_degrees, step_degrees, start_degrees, angles_file)
+@register_task("ct", CT_DEFAULTS, summary="parallel- or fan-beam CT, sparse view or limited angle (held-out real "
+                                          "slices or your image / DICOM / sinogram)")
+def build(source, index, path, key, size, resize, image_units, crop_body, geometry, beam, source_distance, n_views,
+          arc_degrees, step_degrees, start_degrees, angles_file, n_detectors, noise_sigma, noise_seed) -> Problem:
+    angles = angles_for(geometry, n_views, arc_degrees, step_degrees, start_degrees, angles_file, beam)
     if source == "sinogram":
-        y = _sinogram(path, key, angles, size)
-        op, meta = _operator(size, angles, y.shape[-1], geometry, noise_sigma)
+        y = _sinogram(path, key, angles, size, min_detectors=2 if beam == "fan" else None)
+        op, meta = _operator(size, angles, y.shape[-1], geometry, noise_sigma, beam, source_distance)
         meta["source_file"] = str(path)
         return Problem(op, y, None, [f"{Path(path).stem}[{b}]" for b in range(y.shape[0])], meta=meta,
                        data_range=1.0, default_baselines=["fbp", "cg"])
@@ -178,7 +196,7 @@ def build(source, index, path, key, size, resize, image_units, crop_body, geomet
         names, origin = [f"{Path(path).name}[{i}]" for i in range(x.shape[0])], str(path)
     else:
         raise ValueError(f"problem.source must be 'example', 'image', 'dicom' or 'sinogram', got {source!r}")
-    op, meta = _operator(size, angles, n_detectors, geometry, noise_sigma)
+    op, meta = _operator(size, angles, n_detectors, geometry, noise_sigma, beam, source_distance)
     meta.update({"source": origin, "noise_seed": noise_seed})
     return Problem(op, _measure(op, x, noise_sigma, noise_seed), x, names, meta=meta, data_range=1.0,
                    default_baselines=["fbp", "cg"])
@@ -291,8 +309,8 @@ def _centre_slices(x: torch.Tensor, n: Optional[int]) -> torch.Tensor:
 @register_task("ct-volume", VOLUME_DEFAULTS, summary="CT volume as a stack of slices (synthetic 3D phantom, "
                                                      "pseudo-volume, or your DICOM series / .npy volume)")
 def build_volume(source, n_slices, seed, slice_spacing, index, path, key, size, resize, image_units, geometry,
-                 n_views, arc_degrees, step_degrees, start_degrees, angles_file, n_detectors, noise_sigma,
-                 noise_seed) -> Problem:
+                 beam, source_distance, n_views, arc_degrees, step_degrees, start_degrees, angles_file, n_detectors,
+                 noise_sigma, noise_seed) -> Problem:
     if source == "phantom3d":
         x = phantom_volume(n_slices, size, seed, slice_spacing)
         origin = f"synthetic 3D procedural phantom (seed {seed}, slice spacing {slice_spacing} px)"
@@ -310,8 +328,8 @@ def build_volume(source, n_slices, seed, slice_spacing, index, path, key, size, 
         raise ValueError(f"problem.source must be 'phantom3d', 'warped-slice', 'volume' or 'dicom', got {source!r}")
     if x.shape[0] < 2:
         raise ShapeError(f"a CT volume needs at least 2 slices, got {x.shape[0]} from {origin}")
-    angles = angles_for(geometry, n_views, arc_degrees, step_degrees, start_degrees, angles_file)
-    op, meta = _operator(size, angles, n_detectors, geometry, noise_sigma)
+    angles = angles_for(geometry, n_views, arc_degrees, step_degrees, start_degrees, angles_file, beam)
+    op, meta = _operator(size, angles, n_detectors, geometry, noise_sigma, beam, source_distance)
     meta.update({"source": origin, "n_slices": int(x.shape[0]), "noise_seed": noise_seed})
     names: List[str] = [f"slice{k:03d}" for k in range(x.shape[0])]
     return Problem(op, _measure(op, x, noise_sigma, noise_seed), x, names, meta=meta, data_range=1.0,
