@@ -122,6 +122,34 @@ def test_two_shard_processes_merge_to_the_single_process_table(single, tmp_path)
     assert table(out) == table(single)
 
 
+def test_results_are_keyed_by_measurement_content(single, tmp_path, monkeypatch):
+    """Results of an older version (keyed by the options hash) are relabelled, not recomputed, when the measurements
+    are unchanged; a task default that changes the measurements invalidates them."""
+    out = tmp_path / "legacy"
+    shutil.copytree(single, out)
+    plan = report.load_plan(out)
+    key = plan["tasks"]["mri-4x"]["cache_key"]
+    rec_path = out / "items" / "mri-4x" / "dds" / "i000_s0.json"
+    rec = json.loads(rec_path.read_text())
+    assert rec["task_hash"] == plan["tasks"]["mri-4x"]["hash"] != key  # content hash, not the options hash
+    for p in (out / "items").rglob("*.json"):
+        r = json.loads(p.read_text())
+        r["task_hash"] = plan["tasks"][r["task"]]["cache_key"]  # what the previous version stored
+        p.write_text(json.dumps(r))
+    logs = []
+    counts = harness.run(harness.load_suite(SMOKE, [f"output_dir={out}"]), SMOKE, progress=False, log=logs.append)
+    assert counts["ok"] == 0 and counts["done_before"] == 9 and any("relabelled" in ln for ln in logs)
+    assert json.loads(rec_path.read_text())["task_hash"] == plan["tasks"]["mri-4x"]["hash"]
+    # a new default that changes the measurements (here: another mask seed) -> those results are stale
+    from invsolve.tasks import get_task
+
+    monkeypatch.setitem(get_task("mri").defaults, "mask_seed", 123)
+    suite = harness.load_suite(SMOKE, [f"output_dir={out}", "action=report"])
+    plan2 = harness.prepare(suite, log=lambda *a: None)
+    stale = [it for it in plan2.items if it.task == "mri-4x" and not harness.is_done(plan2, it, False)]
+    assert stale and all(not harness.is_done(plan2, it, False) for it in plan2.items if it.task == "mri-4x")
+
+
 def test_shard_assignment_is_a_partition():
     items = [harness.Item("t", "m", i, s) for i in range(7) for s in (0, 1)]
     parts = [harness.shard_items(items, 3, k) for k in range(3)]

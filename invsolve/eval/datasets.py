@@ -282,6 +282,39 @@ def options_hash(options: Dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def problem_hash(problem) -> str:
+    """Short content hash of a problem: its measurements, ground truth and item names (what results depend on).
+
+    Results are keyed by it rather than by the options, so a release that adds a task option whose default leaves
+    the measurements unchanged keeps finished results, and a code change that alters them invalidates them.
+    """
+    h = hashlib.sha256()
+    for t in (problem.y, problem.x_true):
+        if t is None:
+            h.update(b"none")
+            continue
+        a = t.detach().cpu().contiguous()
+        h.update(f"{a.dtype}{tuple(a.shape)}".encode())
+        h.update(a.numpy().tobytes() if not a.is_complex() else torch.view_as_real(a).numpy().tobytes())
+    h.update(json.dumps(list(problem.names)).encode())
+    return h.hexdigest()[:16]
+
+
+def cache_identity(path) -> Optional[Tuple[str, str]]:
+    """``(options key, content hash)`` of an existing problem cache file, or ``None`` (missing or unreadable,
+    or written without the pickled problem)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # noqa: BLE001 - a cache from another version that cannot be read is simply rebuilt
+        return None
+    if "problem" not in blob or "key" not in blob:
+        return None
+    return blob["key"], problem_hash(blob["problem"])
+
+
 def cached_problem(options: Dict[str, Any], path):
     """Build the problem ``options`` (as for ``invsolve reconstruct``'s ``problem:``) or load it from ``path``.
 

@@ -26,11 +26,14 @@ Overrides address list entries by id: ``methods.dds.steps=20``, ``tasks.mri-4x.i
 
 One *item* is (task, method, image, seed). Its result is ``items/<task>/<method>/i<image>_s<seed>.json`` (metrics,
 cost, config; status ``ok`` or ``failed`` with the error) plus the reconstruction ``.npy`` beside it, each written
-atomically, so a killed run resumes where it stopped and never leaves half-written results. Items are assigned to
-shards round-robin over the suite's item list (``--shards N --shard-index i``, or ``RANK`` / ``WORLD_SIZE`` under
+atomically, so a killed run resumes where it stopped and never leaves half-written results. A result is current
+while its task's *content* hash (measurements, truth, item names) and its method's configuration hash match: a new
+task option whose default leaves the measurements unchanged keeps finished results (older results keyed by the
+options hash are relabelled), a change that alters the measurements or the method re-runs them. Items are assigned
+to shards round-robin over the suite's item list (``--shards N --shard-index i``, or ``RANK`` / ``WORLD_SIZE`` under
 ``torchrun``, which also waits for every rank and lets rank 0 write the report). Problems (with their simulated
-measurements) are built once and cached in ``cache/<task>.pt`` so every method and shard sees identical ``y``.
-A (task, method) pair that cannot work (linear-only sampler on a nonlinear operator, a prior of the wrong domain or
+measurements) are built once and cached in ``cache/<task>.pt`` so every method and shard sees identical ``y``. A
+(task, method) pair that cannot work (linear-only sampler on a nonlinear operator, a prior of the wrong domain or
 size, a missing prior) is skipped and listed; tasks or samplers not registered in this build are reported as
 unavailable. Tables, figures and ``report.md`` come from :mod:`invsolve.eval.report`.
 """
@@ -233,14 +236,22 @@ def _prepare_tasks(plan: Plan, log):
         registered.append((tid, opts))
     for tid, opts in registered:
         full = datasets.problem_options(opts)
-        entry = {"status": "ok", "task": opts["task"], "options": full, "hash": datasets.options_hash(full)}
+        # "hash" (stored in every result) is the problem's content hash once built; "cache_key" keys cache/<tid>.pt
+        entry = {"status": "ok", "task": opts["task"], "options": full, "hash": datasets.options_hash(full),
+                 "cache_key": datasets.options_hash(full)}
+        cache = plan.out / "cache" / f"{tid}.pt"
+        before = datasets.cache_identity(cache)  # the cache may be rebuilt below (options or defaults changed)
         try:
-            problem = datasets.cached_problem(opts, plan.out / "cache" / f"{tid}.pt")
+            problem = datasets.cached_problem(opts, cache)
         except Exception as e:  # noqa: BLE001 - a task that cannot be built (missing data or extra) is reported
             entry.update(status="unavailable", reason=f"building the problem failed: {type(e).__name__}: {e}")
             log(f"task {tid}: UNAVAILABLE - {entry['reason']}")
         else:
             plan.problems[tid] = problem
+            entry["hash"] = datasets.problem_hash(problem)
+            if before is not None and before[1] == entry["hash"]:
+                # results written by versions that keyed them by the options hash: same measurements, still valid
+                entry["legacy_hashes"] = sorted({before[0], entry["cache_key"]} - {entry["hash"]})
             entry["names"] = list(problem.names)
             entry["has_truth"] = problem.x_true is not None
         plan.tasks[tid] = entry
@@ -471,6 +482,23 @@ def read_record(path: Path) -> Optional[Dict[str, Any]]:
         return None
 
 
+def relabel_legacy_results(plan: Plan, items: Sequence[Item]) -> int:
+    """Give results stored under a task's legacy hash (older versions hashed the options, not the measurements)
+    the task's content hash when the measurements are unchanged; returns how many were rewritten (atomically)."""
+    n = 0
+    for it in items:
+        legacy = plan.tasks[it.task].get("legacy_hashes")
+        if not legacy:
+            continue
+        path = it.path(plan.out)
+        rec = read_record(path)
+        if rec is not None and rec.get("task_hash") in legacy:
+            rec["task_hash"] = plan.tasks[it.task]["hash"]
+            datasets.write_atomic(path, lambda t, r=rec: Path(t).write_text(json.dumps(r, indent=1)))
+            n += 1
+    return n
+
+
 def is_done(plan: Plan, item: Item, retry_failed: bool) -> bool:
     """A current result exists: same task and method configuration, and ``ok`` (or ``failed`` unless retrying)."""
     rec = read_record(item.path(plan.out))
@@ -540,6 +568,9 @@ def run(suite: Dict[str, Any], suite_path, overrides: Sequence[str] = (), shards
                 log(f"skipped (not applicable) {pair}: {info['reason']}")
         mine = shard_items(plan.items, n_shards, index)
         datasets.remove_stale_tmp(plan.out)
+        relabelled = relabel_legacy_results(plan, mine)
+        if relabelled:
+            log(f"{relabelled} result(s) keyed by an older options hash have unchanged measurements: relabelled")
         counts = {"items": len(plan.items), "mine": len(mine), "done_before": 0, "ok": 0, "failed": 0}
         if suite["action"] == "run":
             todo = [it for it in mine if not is_done(plan, it, bool(suite["retry_failed"]))]

@@ -187,7 +187,7 @@ def _load_problem(out: Path, task: str, plan: Dict[str, Any]):
     if not p.is_file():
         return None
     blob = torch.load(p, map_location="cpu", weights_only=False)
-    if blob.get("key") != plan["tasks"][task]["hash"]:
+    if blob.get("key") != plan["tasks"][task].get("cache_key", plan["tasks"][task]["hash"]):
         return None
     return blob
 
