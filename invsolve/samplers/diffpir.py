@@ -34,6 +34,10 @@ def diffpir(prior, op, y, *, generators, steps=100, lam=8.0, sigma_y=0.05, zeta=
             deblurring / SR and 1.0 for inpainting).
         cg_iters: CG iterations for the proximal step when the operator has no closed form (multi-coil MRI, CT,
             bicubic SR with ``rho_t > 0``); the CG solves for the correction, i.e. warm-started at ``x0_hat``.
+
+    Per task: noisy deblurring / SR / inpainting: ``sigma_y`` = the noise std, ``zeta`` 0.3 (deblur, SR) or 1.0
+    (inpainting), ``lam`` 1-10 tuned on validation images. Noiseless MRI 4x / CT 16 views: the defaults (the 0.05
+    floor) gave 22.17 and 36.06 dB on the headline's 8 test images (BENCHMARKS.md).
     """
     if not 0 <= zeta <= 1:
         raise ValueError(f"zeta must lie in [0, 1], got {zeta}")

@@ -36,6 +36,10 @@ def pigdm(prior, op, y, *, generators, steps=100, eta=0.2, sigma_y=0.0, scale=1.
         scale: guidance weight multiplying ``sqrt(abar_{t'}) sqrt(abar_t) g`` (1.0).
         pinv_iters: CG iterations for ``A⁺`` / the regularised solve when the operator has no closed form
             (multi-coil MRI, CT). As for DDNM, few iterations act as a truncated pseudo-inverse for multi-coil MRI.
+
+    Per task (embedded priors, measured): noiseless MRI 4x and CT 16 views: the defaults (100 steps) gave 29.86 and
+    32.11 dB on the headline's 8 test images (BENCHMARKS.md); noisy deblurring / SR / inpainting: set ``sigma_y``
+    to the noise std (``sigma_y = 0`` fits the noise through ``A⁺``: -3.9 dB on deblurring).
     """
     if not 0 <= eta <= 1:
         raise ValueError(f"eta must lie in [0, 1], got {eta}")
