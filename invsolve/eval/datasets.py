@@ -18,7 +18,7 @@ import pickle
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -300,41 +300,46 @@ def problem_hash(problem) -> str:
     return h.hexdigest()[:16]
 
 
-def cache_identity(path) -> Optional[Tuple[str, str]]:
-    """``(options key, content hash)`` of an existing problem cache file, or ``None`` (missing or unreadable,
-    or written without the pickled problem)."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:  # noqa: BLE001 - a cache from another version that cannot be read is simply rebuilt
-        return None
-    if "problem" not in blob or "key" not in blob:
-        return None
-    return blob["key"], problem_hash(blob["problem"])
+class CachedProblem(NamedTuple):
+    """A problem, its content hash (:func:`problem_hash`), and ``(options key, content hash)`` of the problem the
+    cache file held before this call (``None``: no cache file, or one without a pickled problem)."""
+
+    problem: Any
+    hash: str
+    previous: Optional[Tuple[str, str]]
 
 
-def cached_problem(options: Dict[str, Any], path):
+def cached_problem(options: Dict[str, Any], path) -> CachedProblem:
     """Build the problem ``options`` (as for ``invsolve reconstruct``'s ``problem:``) or load it from ``path``.
 
     The cache holds the full options' hash; a different hash (options or task defaults changed) rebuilds it.
     The whole :class:`~invsolve.tasks.Problem` is pickled with ``torch.save``; an operator that cannot be pickled
-    is rebuilt on load and the cached measurements ``y`` and truth replace the rebuilt ones.
+    is rebuilt on load and the cached measurements ``y`` and truth replace the rebuilt ones. The cache file is read
+    once; ``previous`` lets callers recognise results computed on unchanged measurements.
     """
     from ..tasks import build_problem
 
     path = Path(path)
     full = problem_options(options)
     key = options_hash(full)
+    previous = None
     if path.exists():
         blob = torch.load(path, map_location="cpu", weights_only=False)
+        if "problem" in blob and "key" in blob:
+            previous = (blob["key"], problem_hash(blob["problem"]))
         if blob.get("key") == key:
-            if "problem" in blob:
-                return blob["problem"]
+            if previous is not None:
+                return CachedProblem(blob["problem"], previous[1], previous)
             problem = build_problem(options)
             problem.y, problem.x_true = blob["y"], blob["x_true"]
-            return problem
+            return CachedProblem(problem, problem_hash(problem), None)
+    problem = build_problem(options)
+    try:
+        write_atomic(path, lambda t: torch.save({"key": key, "options": full, "problem": problem}, t))
+    except (pickle.PicklingError, TypeError, AttributeError):  # e.g. a black-box operator wrapping a lambda
+        write_atomic(path, lambda t: torch.save({"key": key, "options": full, "y": problem.y,
+                                                 "x_true": problem.x_true}, t))
+    return CachedProblem(problem, problem_hash(problem), previous)
     problem = build_problem(options)
     try:
         write_atomic(path, lambda t: torch.save({"key": key, "options": full, "problem": problem}, t))

@@ -239,16 +239,14 @@ def _prepare_tasks(plan: Plan, log):
         # "hash" (stored in every result) is the problem's content hash once built; "cache_key" keys cache/<tid>.pt
         entry = {"status": "ok", "task": opts["task"], "options": full, "hash": datasets.options_hash(full),
                  "cache_key": datasets.options_hash(full)}
-        cache = plan.out / "cache" / f"{tid}.pt"
-        before = datasets.cache_identity(cache)  # the cache may be rebuilt below (options or defaults changed)
         try:
-            problem = datasets.cached_problem(opts, cache)
+            problem, content_hash, before = datasets.cached_problem(opts, plan.out / "cache" / f"{tid}.pt")
         except Exception as e:  # noqa: BLE001 - a task that cannot be built (missing data or extra) is reported
             entry.update(status="unavailable", reason=f"building the problem failed: {type(e).__name__}: {e}")
             log(f"task {tid}: UNAVAILABLE - {entry['reason']}")
         else:
             plan.problems[tid] = problem
-            entry["hash"] = datasets.problem_hash(problem)
+            entry["hash"] = content_hash
             if before is not None and before[1] == entry["hash"]:
                 # results written by versions that keyed them by the options hash: same measurements, still valid
                 entry["legacy_hashes"] = sorted({before[0], entry["cache_key"]} - {entry["hash"]})

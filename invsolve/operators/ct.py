@@ -79,15 +79,6 @@ def _default_detectors(image_size: int) -> int:
 
 
 # -- system matrix -------------------------------------------------------------------------------------------------
-def _joseph_entries(N: int, angles: np.ndarray, D: int):
-    """COO entries ``(ray, pixel, weight)`` of the parallel-beam Joseph projector; ray = view · D + detector.
-
-    View ``v``, detector ``k`` is the line ``θ = angles[v]``, ``s = k - D//2`` (see :func:`joseph_rays`).
-    """
-    s = (np.arange(D) - D // 2).astype(np.float64)
-    return joseph_rays(N, np.repeat(np.asarray(angles, np.float64), D), np.tile(s, len(angles)))
-
-
 def joseph_rays(N: int, theta: np.ndarray, s: np.ndarray, chunk: int = 8192):
     """COO entries ``(ray, pixel, weight)`` of Joseph's projector for arbitrary lines ``x cos θ_r + y sin θ_r = s_r``
     (``theta``, ``s``: ``(R,)`` float64, pixel units, the module's coordinates); pixel = i · N + j.
@@ -248,39 +239,17 @@ def fbp(sinogram: torch.Tensor, angles, image_size: int, filter: str = "ramp") -
 
 
 # -- operator ------------------------------------------------------------------------------------------------------
-class ParallelBeamCT(LinearOperator):
-    """Parallel-beam CT: image ``(B, 1, N, N)`` -> sinogram ``(B, 1, n_views, n_detectors)`` (module docstring).
+class JosephProjector(LinearOperator):
+    """Base of the CT geometries: image ``(B, 1, N, N)`` -> sinogram ``(B, 1, n_views, n_detectors)`` through a
+    Joseph system matrix over the lines ``x cos θ_r + y sin θ_r = s_r`` (:func:`joseph_rays`), ray ``r = view ·
+    n_detectors + detector``, stored as CSR with its transpose (the exact adjoint). Subclasses give the lines."""
 
-    Args:
-        image_size: ``N``.
-        angles: view angles ``(n_views,)`` in radians, each in ``[0, 2π)`` (see :func:`sparse_view_angles`,
-            :func:`limited_angle_angles`).
-        n_detectors: detector count, at least and by default ``ceil(√2 N)`` (every ray through the image lands on
-            the detector).
-
-    ``forward``/``adjoint`` accept float32 or float64 on any device (``op.to(device)`` moves the matrices) and are
-    differentiable; items of a batch are independent. ``fbp(y, filter)`` is the filtered back-projection baseline;
-    ``pinv`` (CG on the normal equations) is inherited.
-    """
-
-    default_prior = "ct-phantom"
-
-    def __init__(self, image_size: int, angles, n_detectors: Optional[int] = None):
-        super().__init__()
-        if int(image_size) != image_size or image_size < 2:
-            raise ValueError(f"image_size must be an integer >= 2, got {image_size!r}")
-        N = int(image_size)
-        a = _check_angles(angles)
-        d_min = _default_detectors(N)
-        D = d_min if n_detectors is None else int(n_detectors)
-        if D < d_min:
-            raise ValueError(f"n_detectors must be >= ceil(sqrt(2) * image_size) = {d_min}, got {n_detectors}")
-        self.image_size, self.n_views, self.n_detectors = N, a.numel(), D
+    def _set_rays(self, N: int, n_views: int, n_detectors: int, theta: np.ndarray, s: np.ndarray):
+        self.image_size, self.n_views, self.n_detectors = N, n_views, n_detectors
         self.input_shape = (1, N, N)
-        self.output_shape = (1, self.n_views, D)
-        self.register_buffer("angles", a)
-        rays, pixels, w = _joseph_entries(N, a.numpy(), D)
-        for name, arrays in zip(("A", "At"), _csr_pair(rays, pixels, w, (self.n_views * D, N * N)), strict=True):
+        self.output_shape = (1, n_views, n_detectors)
+        rays, pixels, w = joseph_rays(N, theta, s)
+        for name, arrays in zip(("A", "At"), _csr_pair(rays, pixels, w, (n_views * n_detectors, N * N)), strict=True):
             for part, t in zip(("crow", "col", "val"), arrays, strict=True):
                 self.register_buffer(f"_{name}_{part}", t, persistent=False)
 
@@ -308,6 +277,38 @@ class ParallelBeamCT(LinearOperator):
         A, At = self._matrices(y.dtype)
         x = _SparseApply.apply(y.reshape(y.shape[0], -1), At, A)
         return x.reshape(y.shape[0], 1, self.image_size, self.image_size)
+
+
+class ParallelBeamCT(JosephProjector):
+    """Parallel-beam CT: image ``(B, 1, N, N)`` -> sinogram ``(B, 1, n_views, n_detectors)`` (module docstring).
+
+    Args:
+        image_size: ``N``.
+        angles: view angles ``(n_views,)`` in radians, each in ``[0, 2π)`` (see :func:`sparse_view_angles`,
+            :func:`limited_angle_angles`).
+        n_detectors: detector count, at least and by default ``ceil(√2 N)`` (every ray through the image lands on
+            the detector).
+
+    ``forward``/``adjoint`` accept float32 or float64 on any device (``op.to(device)`` moves the matrices) and are
+    differentiable; items of a batch are independent. ``fbp(y, filter)`` is the filtered back-projection baseline;
+    ``pinv`` (CG on the normal equations) is inherited.
+    """
+
+    default_prior = "ct-phantom"
+
+    def __init__(self, image_size: int, angles, n_detectors: Optional[int] = None):
+        super().__init__()
+        if int(image_size) != image_size or image_size < 2:
+            raise ValueError(f"image_size must be an integer >= 2, got {image_size!r}")
+        N = int(image_size)
+        a = _check_angles(angles)
+        d_min = _default_detectors(N)
+        D = d_min if n_detectors is None else int(n_detectors)
+        if D < d_min:
+            raise ValueError(f"n_detectors must be >= ceil(sqrt(2) * image_size) = {d_min}, got {n_detectors}")
+        self.register_buffer("angles", a)
+        s = (np.arange(D) - D // 2).astype(np.float64)  # detector k sits at s = k - D//2
+        self._set_rays(N, a.numel(), D, np.repeat(a.numpy(), D), np.tile(s, a.numel()))
 
     def fbp(self, y: torch.Tensor, filter: str = "ramp") -> torch.Tensor:
         """Filtered back-projection of a sinogram ``(B, 1, n_views, n_detectors)`` (see :func:`fbp`)."""

@@ -26,12 +26,11 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..errors import DTypeError
-from .base import LinearOperator, check_tensor
-from .ct import _check_angles, _csr_pair, _default_detectors, _sparse, _SparseApply, fbp, joseph_rays
+from .base import check_tensor
+from .ct import JosephProjector, _check_angles, _default_detectors, fbp
 
 
-class FanBeamCT(LinearOperator):
+class FanBeamCT(JosephProjector):
     """Fan-beam CT: image ``(B, 1, N, N)`` -> sinogram ``(B, 1, n_views, n_detectors)`` (module docstring).
 
     Args:
@@ -67,40 +66,16 @@ class FanBeamCT(LinearOperator):
         half = math.asin(r / R) if fan_angle is None else float(fan_angle) / 2
         if not 0 < half < math.pi / 2:
             raise ValueError(f"fan_angle must lie in (0, π) radians, got {fan_angle}")
-        self.image_size, self.n_views, self.n_detectors = N, a.numel(), D
         self.source_distance, self.fan_angle = R, 2 * half
-        self.input_shape = (1, N, N)
-        self.output_shape = (1, self.n_views, D)
         self.register_buffer("angles", a)
         gammas = (torch.arange(D, dtype=torch.float64) - (D - 1) / 2) * (2 * half / (D - 1))
         self.register_buffer("gammas", gammas)
         theta = (a[:, None] - gammas[None, :]).numpy().ravel()
-        s = np.tile(R * np.sin(gammas.numpy()), a.numel())
-        rays, pixels, w = joseph_rays(N, theta, s)
-        for name, arrays in zip(("A", "At"), _csr_pair(rays, pixels, w, (self.n_views * D, N * N)), strict=True):
-            for part, t in zip(("crow", "col", "val"), arrays, strict=True):
-                self.register_buffer(f"_{name}_{part}", t, persistent=False)
+        self._set_rays(N, a.numel(), D, theta, np.tile(R * np.sin(gammas.numpy()), a.numel()))
 
     def source_positions(self) -> torch.Tensor:
         """``(n_views, 2)`` float64 source coordinates ``(x, y)`` in pixels: ``R (sin β, -cos β)``."""
         return self.source_distance * torch.stack([torch.sin(self.angles), -torch.cos(self.angles)], dim=1)
-
-    def _project(self, v: torch.Tensor, transpose: bool) -> torch.Tensor:
-        if v.dtype not in (torch.float32, torch.float64):
-            raise DTypeError(f"{'y' if transpose else 'x'} must be float32 or float64, got dtype {v.dtype}")
-        V, D, N = self.n_views, self.n_detectors, self.image_size
-        A = _sparse(self._A_crow, self._A_col, self._A_val, (V * D, N * N), v.dtype)
-        At = _sparse(self._At_crow, self._At_col, self._At_val, (N * N, V * D), v.dtype)
-        M, Mt = (At, A) if transpose else (A, At)
-        return _SparseApply.apply(v.reshape(v.shape[0], -1), M, Mt)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        return self._project(x, False).reshape(x.shape[0], 1, self.n_views, self.n_detectors)
-
-    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        check_tensor(y, "y", self.output_shape, False)
-        return self._project(y, True).reshape(y.shape[0], 1, self.image_size, self.image_size)
 
     def rebin(self, y: torch.Tensor) -> torch.Tensor:
         """Parallel-beam sinogram ``(B, 1, n_views, ceil(√2 N))`` at ``θ = β_v``, ``s = k - D'//2`` from fan data.
