@@ -21,7 +21,9 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -71,8 +73,31 @@ def main():
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--grid", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--envs", default=",".join(e for e, _ in ENVS),
+                   help="comma-separated worker environments to time (default: all, in this order)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "dask_blackbox.json"))
+    p.add_argument("--no-report", action="store_true", help="do not update BENCHMARKS.md")
     a = p.parse_args()
+    known = dict(ENVS)
+    envs = [(e, known[e]) for e in a.envs.split(",") if e in known]
+    if not envs or len(envs) != len(a.envs.split(",")):
+        p.error(f"--envs: expected a comma-separated subset of {', '.join(known)}, got {a.envs!r}")
+    if len(envs) > 1:
+        # One fresh Python process per worker environment: a LocalCluster started after another one had been
+        # closed in the same process measured slower (1.71x instead of 1.84x for the same environment), so
+        # environments timed in sequence in one process would not be compared fairly.
+        parts = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for e, _ in envs:
+                out = os.path.join(tmp, f"{e}.json")
+                subprocess.run([sys.executable, os.path.abspath(__file__), "--envs", e, "--items", str(a.items),
+                                "--steps", str(a.steps), "--grid", str(a.grid), "--repeats", str(a.repeats),
+                                "--out", out, "--no-report"], check=True, stdout=subprocess.DEVNULL)
+                with open(out) as fh:
+                    parts.append(json.load(fh))
+        result = merge_results(parts)
+        _write(result, a.out, report=not a.no_report)
+        return
     import dask
     import distributed
 
@@ -89,7 +114,7 @@ def main():
     # Serial and Dask runs are interleaved (serial, then each chunking, per repeat) so that a change in the load
     # from other processes on the machine hits both alike; the speed-up is the median of the per-repeat ratios.
     times = {"serial": []}
-    for env_label, env in ENVS:
+    for env_label, env in envs:
         with dask.config.set({} if env is None else {"distributed.nanny.pre-spawn-environ": env}):
             cluster = distributed.LocalCluster(
                 n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
@@ -120,7 +145,7 @@ def main():
     t_serial = times.pop("serial")
     ratios = {}
     for label, ts in times.items():
-        k = [e for e, _ in ENVS].index(label.split("/")[0])  # serial runs interleaved with this environment's
+        k = [e for e, _ in envs].index(label.split("/")[0])  # serial runs interleaved with this environment's
         block = t_serial[k * a.repeats: (k + 1) * a.repeats]
         ratios[label] = float(np.median([s_ / d_ for s_, d_ in zip(block, ts)]))
     result = {
@@ -136,7 +161,7 @@ def main():
         "MALLOC_MMAP_THRESHOLD_=16777216 (Dask's default MALLOC_TRIM_THRESHOLD_=65536 disables glibc's dynamic mmap "
         "threshold, which slows numpy loops that allocate >= 128 KiB temporaries); mmap_16MiB_trim_1GiB also raises "
         "MALLOC_TRIM_THRESHOLD_ to 1 GiB",
-        "worker_environments": {k: v for k, v in ENVS},
+        "worker_environments": {k: v for k, v in envs},
         "cpu_count": os.cpu_count(),
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
@@ -148,11 +173,37 @@ def main():
                      "dask": dask.__version__, "distributed": distributed.__version__},
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out, "w") as fh:
+    _write(result, a.out, report=not a.no_report)
+
+
+def _write(result: dict, path: str, report: bool) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as fh:
         json.dump(result, fh, indent=2)
     print(json.dumps(result, indent=2))
-    update_benchmarks_md("dask-blackbox", markdown(result))
+    if report:
+        update_benchmarks_md("dask-blackbox", markdown(result))
+
+
+def merge_results(parts: list) -> dict:
+    """One result from per-environment runs (each timed in its own process, serial runs interleaved with its own
+    Dask runs)."""
+    out = dict(parts[0])
+    serial = [t for r in parts for t in r["serial_seconds"]]
+    out.update(
+        serial_seconds=serial,
+        seconds_per_item_serial=float(np.median(serial)) / out["items"],
+        dask_seconds={k: v for r in parts for k, v in r["dask_seconds"].items()},
+        speedup_median={k: v for r in parts for k, v in r["speedup_median"].items()},
+        speedup_best_times={k: v for r in parts for k, v in r["speedup_best_times"].items()},
+        worker_environments={k: v for r in parts for k, v in r["worker_environments"].items()},
+        load_average_after=parts[-1]["load_average_after"],
+        cpu_pressure_after=parts[-1]["cpu_pressure_after"],
+        machine_contended=any(r["machine_contended"] for r in parts),
+        isolation="each worker environment timed in its own Python process",
+        date=parts[-1]["date"],
+    )
+    return out
 
 
 def markdown(r) -> str:
@@ -163,7 +214,8 @@ def markdown(r) -> str:
              f"{r['seconds_per_item_serial']:.2f} s per item serially; {r['items']} items evaluated through "
              "`invsolve.operators.BlackBox` serially and through a `distributed.LocalCluster` with 2 worker processes "
              "(`client.get_executor()`); results identical to the serial ones. Speed-up = median over repeats of "
-             "serial ÷ Dask wall time, serial and Dask runs interleaved.", "",
+             "serial ÷ Dask wall time, serial and Dask runs interleaved"
+             + (", each worker environment timed in its own Python process." if r.get("isolation") else "."), "",
              f"Command: `python benchmarks/bench_dask_blackbox.py` ({r['cpu_count']} CPU cores; load average before / "
              f"after: {r['load_average_before'][0]:.2f} / {r['load_average_after'][0]:.2f}; {r['date']}).", "",
              "| worker environment / chunking | speed-up (median) | speed-up (best times) |", "|---|---|---|"]
