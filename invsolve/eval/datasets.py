@@ -340,10 +340,3 @@ def cached_problem(options: Dict[str, Any], path) -> CachedProblem:
         write_atomic(path, lambda t: torch.save({"key": key, "options": full, "y": problem.y,
                                                  "x_true": problem.x_true}, t))
     return CachedProblem(problem, problem_hash(problem), previous)
-    problem = build_problem(options)
-    try:
-        write_atomic(path, lambda t: torch.save({"key": key, "options": full, "problem": problem}, t))
-    except (pickle.PicklingError, TypeError, AttributeError):  # e.g. a black-box operator wrapping a lambda
-        write_atomic(path, lambda t: torch.save({"key": key, "options": full, "y": problem.y,
-                                                 "x_true": problem.x_true}, t))
-    return problem
