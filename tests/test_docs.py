@@ -12,6 +12,9 @@ BLOCKS = [(p.name, i, code) for p in DOCS
 
 @pytest.mark.parametrize("name,i,code", BLOCKS, ids=[f"{n}-{i}" for n, i, _ in BLOCKS])
 def test_doc_example_runs(name, i, code, tmp_path, monkeypatch, capsys):
+    # An example for an optional extra says so with "# doc: requires <module>"; it runs where the extra is installed.
+    for module in re.findall(r"# doc: requires (\S+)", code):
+        pytest.importorskip(module, reason=f"{name} example {i} needs the optional module {module!r}")
     monkeypatch.chdir(tmp_path)
     exec(compile(code, f"{name}[{i}]", "exec"), {"__name__": "__doc_example__"})
     out = capsys.readouterr().out
