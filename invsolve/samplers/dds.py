@@ -37,14 +37,28 @@ def data_consistency(op, y, z0, *, mode: str = "prox", gamma: float = 1.0, cg_it
     return cg(K, b, z0, max_iter=cg_iters, reference_complex_inner_product=reference_complex_inner_product)
 
 
+def _warm_start(prior, op, y, n, grid, init, init_knobs, t_start):
+    """``sqrt(abar_t0) x_init + sqrt(1 - abar_t0) n`` in prior space, ``x_init`` from the classical sampler ``init``."""
+    from .base import get_sampler, resolve_knobs
+
+    spec = get_sampler(init)
+    if spec.needs_prior:
+        raise ValueError(f"init must name a classical sampler (no prior), got {init!r}")
+    x_init = spec.fn(None, op, y, generators=None, **resolve_knobs(spec, dict(init_knobs or {}))).x
+    t0 = max(t for t, _ in grid if t <= t_start * (prior.num_train_timesteps - 1))
+    ab = prior.alpha_bar(t0).to(n.dtype)
+    return ab.sqrt() * prior.to_prior(x_init) + (1 - ab).sqrt() * n
+
+
 @register_sampler("dds", defaults=dict(steps=50, eta=0.85, cg_iters=5, gamma=1.0, dc="prox", renoise="reference",
                                        reproduce_reference_rhs=False, reference_complex_inner_product=False,
-                                       reference_last_step=True),
+                                       reference_last_step=True, clip=None, init=None, init_knobs=None,
+                                       t_start=1.0),
                   summary="Decomposed Diffusion Sampler: Tweedie + a few CG steps per step, no network gradients")
 @torch.no_grad()
 def dds(prior, op, y, *, generators, steps=50, eta=0.85, cg_iters=5, gamma=1.0, dc="prox", renoise="reference",
         reproduce_reference_rhs=False, reference_complex_inner_product=False, reference_last_step=True,
-        progress=False) -> SamplerOutput:
+        clip=None, init=None, init_knobs=None, t_start=1.0, progress=False) -> SamplerOutput:
     """DDS on a pixel-space VP prior.
 
     Args:
@@ -58,6 +72,15 @@ def dds(prior, op, y, *, generators, steps=50, eta=0.85, cg_iters=5, gamma=1.0, 
         reproduce_reference_rhs / reference_complex_inner_product: switches that reproduce two quirks of the
             released code for complex MRI (ALGORITHMS.md §1.3–1.4); off by default (correct math).
         reference_last_step: as released, jump straight to ``x0_c`` at ``t_next = 0`` (no renoising to t = 0).
+        clip: ``None`` (released algorithm: no clipping) or ``c > 0``: clamp ``x0_hat`` to ``[-c, c]`` in prior
+            space (the data range is ``[-1, 1]``) before data consistency, and take the ``eps`` reused for
+            renoising from the clipped estimate, ``(x - sqrt(abar) x0_hat) / sqrt(1 - abar)``, as ADM's
+            ``clip_denoised`` DDIM does. Real images only.
+        init / init_knobs / t_start: warm start ("come closer, diffuse faster", Chung, Sim & Ye, CVPR 2022).
+            ``init`` names a classical sampler (``"wiener"``, ``"cg"``, ``"pinv"``, ``"fbp"``, ...; run with
+            ``init_knobs``) whose reconstruction ``x_init`` is noised to the first grid time ``t0 <= t_start * T``,
+            ``x_t0 = sqrt(abar_t0) x_init + sqrt(1 - abar_t0) n``; only the grid steps from ``t0`` down are run
+            (about ``t_start * steps`` network calls). ``init=None`` (default) starts from pure noise at ``T``.
     Returns:
         operator-domain reconstruction; ``info["cg_residual"]`` holds the final CG residual per step ``(S, B)``.
     """
@@ -65,12 +88,26 @@ def dds(prior, op, y, *, generators, steps=50, eta=0.85, cg_iters=5, gamma=1.0, 
         raise ValueError(f"renoise must be 'reference' or 'ddim', got {renoise!r}")
     if not 0 <= eta <= 1:
         raise ValueError(f"eta must lie in [0, 1], got {eta}")
+    if clip is not None and not clip > 0:
+        raise ValueError(f"clip must be None or a positive number, got {clip!r}")
+    if not 0 < t_start <= 1:
+        raise ValueError(f"t_start must lie in (0, 1], got {t_start}")
+    if init is None and (t_start != 1 or init_knobs):
+        raise ValueError("t_start < 1 and init_knobs need init= (the name of a classical sampler to start from)")
     nfe0 = prior.nfe
     shape = (prior.channels,) + tuple(prior.image_size)
     x = randn(shape, generators, y.device)
+    grid = ddim_grid(prior, steps)
+    if init is not None:
+        x = _warm_start(prior, op, y, x, grid, init, init_knobs, t_start)
+        grid = [(t, t_next) for t, t_next in grid if t <= t_start * (prior.num_train_timesteps - 1)]
     residuals = []
-    for t, t_next in progress_bar(ddim_grid(prior, steps), progress, "DDS", total=steps):
+    for t, t_next in progress_bar(grid, progress, "DDS", total=len(grid)):
         x0_hat, e = prior.tweedie(x, t)
+        if clip is not None:
+            ab_t = prior.alpha_bar(t).to(x.dtype)
+            x0_hat = x0_hat.clamp(-clip, clip)
+            e = (x - ab_t.sqrt() * x0_hat) / (1 - ab_t).sqrt()
         res = data_consistency(op, y, prior.from_prior(x0_hat), mode=dc, gamma=gamma, cg_iters=cg_iters,
                                reproduce_reference_rhs=reproduce_reference_rhs,
                                reference_complex_inner_product=reference_complex_inner_product)
