@@ -128,3 +128,16 @@ def test_dds_warm_start_runs_the_tail_of_the_grid_from_the_classical_estimate():
         inv.solve(y, op, init="dps", t_start=0.5, **kw)
     with pytest.raises(ValueError, match="t_start"):
         inv.solve(y, op, init="wiener", t_start=1.5, **kw)
+
+
+def test_off_by_default_options_leave_the_evaluation_identity_unchanged():
+    """Stored evaluation results stay valid: DDS at its defaults hashes like before clip/init/t_start existed,
+    and setting one of them changes the identity."""
+    from invsolve.samplers.base import get_sampler, resolve_knobs
+
+    spec = get_sampler("dds")
+    before = dict(steps=50, eta=0.85, cg_iters=5, gamma=1.0, dc="prox", renoise="reference",
+                  reproduce_reference_rhs=False, reference_complex_inner_product=False, reference_last_step=True)
+    assert spec.identity_knobs(resolve_knobs(spec, {})) == before
+    assert spec.identity_knobs(resolve_knobs(spec, {"clip": 1.0}))["clip"] == 1.0
+    assert "t_start" in spec.identity_knobs(resolve_knobs(spec, {"init": "wiener", "t_start": 0.3}))

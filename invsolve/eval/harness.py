@@ -281,8 +281,11 @@ def _prepare_methods(plan: Plan, log):
 
 def method_config(plan: Plan, task_id: str, method_id: str) -> Dict[str, Any]:
     """What determines a method's result on a task (hashed into every result file)."""
+    from ..samplers.base import get_sampler
+
     m = plan.methods[method_id]
-    return {"sampler": m["sampler"], "prior": m["prior"], "knobs": m["task_knobs"].get(task_id, m["knobs"]),
+    knobs = get_sampler(m["sampler"]).identity_knobs(m["task_knobs"].get(task_id, m["knobs"]))
+    return {"sampler": m["sampler"], "prior": m["prior"], "knobs": knobs,
             "data_scale": m["data_scale"], "num_samples": m["num_samples"]}
 
 

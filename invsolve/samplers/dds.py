@@ -54,7 +54,8 @@ def _warm_start(prior, op, y, n, grid, init, init_knobs, t_start):
                                        reproduce_reference_rhs=False, reference_complex_inner_product=False,
                                        reference_last_step=True, clip=None, init=None, init_knobs=None,
                                        t_start=1.0),
-                  summary="Decomposed Diffusion Sampler: Tweedie + a few CG steps per step, no network gradients")
+                  summary="Decomposed Diffusion Sampler: Tweedie + a few CG steps per step, no network gradients",
+                  neutral=dict(clip=None, init=None, init_knobs=None, t_start=1.0))
 @torch.no_grad()
 def dds(prior, op, y, *, generators, steps=50, eta=0.85, cg_iters=5, gamma=1.0, dc="prox", renoise="reference",
         reproduce_reference_rhs=False, reference_complex_inner_product=False, reference_last_step=True,
