@@ -368,11 +368,16 @@ def markdown(payload: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+# validation sweeps: section name -> runner(args)
+TUNERS = {"tune_ct": lambda a: tune_ct(a.tune_steps), "tune_imaging": lambda a: tune_imaging(a.tune_steps),
+          "tune_volume": lambda a: tune_volume(a.tune_steps, 12),
+          "tune_inpaint_warm": lambda a: tune_inpaint_warm(a.steps)}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sections", default=",".join(SETTINGS),
-                        help=f"comma-separated: {', '.join(SETTINGS)}, tune_ct, tune_imaging, tune_volume, "
-                        "tune_inpaint_warm")
+                        help=f"comma-separated: {', '.join([*SETTINGS, *TUNERS])}")
     parser.add_argument("--steps", type=int, default=50, help="diffusion steps (reported numbers: 50)")
     parser.add_argument("--tune-steps", type=int, default=20, help="diffusion steps of the validation sweeps")
     parser.add_argument("--n-slices", type=int, default=16, help="slices of the test volume")
@@ -402,18 +407,12 @@ def main():
         if key in store and not (args.force or args.methods):
             print(f"skip {name} (in {path}; --force to rerun)")
             continue
-        if name not in SETTINGS and name not in ("tune_ct", "tune_imaging", "tune_volume", "tune_inpaint_warm"):
+        if name not in SETTINGS and name not in TUNERS:
             raise SystemExit(f"unknown section {name!r}")
         print(f"section {name}", flush=True)
         t0 = time.perf_counter()
-        if name == "tune_ct":
-            entry = tune_ct(args.tune_steps)
-        elif name == "tune_imaging":
-            entry = tune_imaging(args.tune_steps)
-        elif name == "tune_volume":
-            entry = tune_volume(args.tune_steps, 12)
-        elif name == "tune_inpaint_warm":
-            entry = tune_inpaint_warm(args.steps)
+        if tuning:
+            entry = TUNERS[name](args)
         else:
             only = [m.strip() for m in args.methods.split(";") if m.strip()]
             entry = run_section(name, args.steps, args.n_slices, only, payload["sections"].get(name))

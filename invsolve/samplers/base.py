@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -56,11 +56,11 @@ class SamplerSpec:
     summary: str = ""
     # options whose default leaves the algorithm unchanged ("off"); a result's configuration hash leaves them out
     # while they hold that default, so adding such an option keeps stored evaluation results valid
-    neutral: Dict[str, Any] = field(default_factory=dict)
+    neutral: Tuple[str, ...] = ()
 
     def identity_knobs(self, knobs: Dict[str, Any]) -> Dict[str, Any]:
-        """``knobs`` without the neutral options that are at their neutral value."""
-        return {k: v for k, v in knobs.items() if not (k in self.neutral and v == self.neutral[k])}
+        """``knobs`` without the neutral options that are at their default."""
+        return {k: v for k, v in knobs.items() if not (k in self.neutral and v == self.defaults[k])}
 
     def knobs(self) -> List[str]:
         return sorted(self.defaults)
@@ -71,14 +71,14 @@ _REGISTRY: Dict[str, SamplerSpec] = {}
 
 def register_sampler(name: str, *, defaults: Optional[Dict[str, Any]] = None, requires: str = "linear",
                      needs_prior: bool = True, latent_ok: bool = False, summary: str = "",
-                     neutral: Optional[Dict[str, Any]] = None):
+                     neutral: Tuple[str, ...] = ()):
     """Decorator registering a sampler function under ``name`` with its default knobs (``neutral``: see
     :class:`SamplerSpec`)."""
 
     def deco(fn):
         doc = (fn.__doc__ or "").strip().splitlines()
         _REGISTRY[name] = SamplerSpec(name, fn, dict(defaults or {}), requires, needs_prior, latent_ok,
-                                      summary or (doc[0] if doc else ""), dict(neutral or {}))
+                                      summary or (doc[0] if doc else ""), tuple(neutral))
         return fn
 
     return deco

@@ -37,7 +37,7 @@ def data_consistency(op, y, z0, *, mode: str = "prox", gamma: float = 1.0, cg_it
     return cg(K, b, z0, max_iter=cg_iters, reference_complex_inner_product=reference_complex_inner_product)
 
 
-def _warm_start(prior, op, y, n, grid, init, init_knobs, t_start):
+def _warm_start(prior, op, y, n, t0, init, init_knobs):
     """``sqrt(abar_t0) x_init + sqrt(1 - abar_t0) n`` in prior space, ``x_init`` from the classical sampler ``init``."""
     from .base import get_sampler, resolve_knobs
 
@@ -45,7 +45,6 @@ def _warm_start(prior, op, y, n, grid, init, init_knobs, t_start):
     if spec.needs_prior:
         raise ValueError(f"init must name a classical sampler (no prior), got {init!r}")
     x_init = spec.fn(None, op, y, generators=None, **resolve_knobs(spec, dict(init_knobs or {}))).x
-    t0 = max(t for t, _ in grid if t <= t_start * (prior.num_train_timesteps - 1))
     ab = prior.alpha_bar(t0).to(n.dtype)
     return ab.sqrt() * prior.to_prior(x_init) + (1 - ab).sqrt() * n
 
@@ -55,7 +54,7 @@ def _warm_start(prior, op, y, n, grid, init, init_knobs, t_start):
                                        reference_last_step=True, clip=None, init=None, init_knobs=None,
                                        t_start=1.0),
                   summary="Decomposed Diffusion Sampler: Tweedie + a few CG steps per step, no network gradients",
-                  neutral=dict(clip=None, init=None, init_knobs=None, t_start=1.0))
+                  neutral=("clip", "init", "init_knobs", "t_start"))
 @torch.no_grad()
 def dds(prior, op, y, *, generators, steps=50, eta=0.85, cg_iters=5, gamma=1.0, dc="prox", renoise="reference",
         reproduce_reference_rhs=False, reference_complex_inner_product=False, reference_last_step=True,
@@ -99,9 +98,9 @@ def dds(prior, op, y, *, generators, steps=50, eta=0.85, cg_iters=5, gamma=1.0, 
     shape = (prior.channels,) + tuple(prior.image_size)
     x = randn(shape, generators, y.device)
     grid = ddim_grid(prior, steps)
-    if init is not None:
-        x = _warm_start(prior, op, y, x, grid, init, init_knobs, t_start)
+    if init is not None:  # the grid's tail from t0 <= t_start * T (never empty: it ends at t = 0)
         grid = [(t, t_next) for t, t_next in grid if t <= t_start * (prior.num_train_timesteps - 1)]
+        x = _warm_start(prior, op, y, x, grid[0][0], init, init_knobs)
     residuals = []
     for t, t_next in progress_bar(grid, progress, "DDS", total=len(grid)):
         x0_hat, e = prior.tweedie(x, t)
