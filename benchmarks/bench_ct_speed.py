@@ -5,6 +5,7 @@ several runs; skimage is timed on a few images of the batch (one call per image)
 ``benchmarks/results/ct_speed.json`` (or ``--out``). Target: ratio >= 10.
 
     python benchmarks/bench_ct_speed.py [--runs 7] [--out PATH]
+    python benchmarks/bench_ct_speed.py --report     # only rewrite the BENCHMARKS.md section from the JSON
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +25,9 @@ from skimage.data import shepp_logan_phantom
 from skimage.transform import radon, resize
 
 from invsolve.operators.ct import ParallelBeamCT, sparse_view_angles
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import update_benchmarks_md  # noqa: E402
 
 BATCH, SIZE, VIEWS = 16, 128, 180
 
@@ -39,12 +44,34 @@ def _timed(fn, runs: int, sync=lambda: None) -> list:
     return out
 
 
+def markdown(r: dict) -> str:
+    """The BENCHMARKS.md section for one result of this script."""
+    st, sec, m = r["setting"], r["seconds"], r["machine"]
+    return "\n".join([
+        "## ParallelBeamCT speed vs scikit-image's radon (issue #3)", "",
+        f"Batch {st['batch']} at {st['image_size']}x{st['image_size']}, {st['n_views']} views over [0, pi), "
+        f"{st['n_detectors']} detectors, float32 on the CPU ({m['cpu_count']} cores, {m['torch_threads']} torch "
+        f"threads, load average {m['load_average_1min']:.1f}); medians of {st['runs']} runs. Ours is timed for the "
+        f"forward projection *and* its adjoint on the whole batch; `skimage.transform.radon` (forward only, "
+        f"`circle=False`) on {st['skimage_images_per_run']} images per run. Reproduce: "
+        "`python benchmarks/bench_ct_speed.py`; result: `benchmarks/results/ct_speed.json`.", "",
+        "| | ms per image |", "|---|---|",
+        f"| ParallelBeamCT forward + adjoint | {1e3 * sec['ours_forward_adjoint_per_image']:.2f} |",
+        f"| skimage radon, forward only | {1e3 * sec['skimage_radon_per_image']:.2f} |", "",
+        f"Ratio **{r['ratio_skimage_over_ours']:.1f}x** (target {r['target_ratio']:.0f}x; "
+        f"{r['versions']['torch']}, scikit-image {r['versions']['skimage']}).", ""])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--skimage-images", type=int, default=4, help="images per skimage timing run")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "ct_speed.json"))
+    parser.add_argument("--report", action="store_true", help="only rewrite BENCHMARKS.md from the stored result")
     args = parser.parse_args()
+    if args.report:
+        update_benchmarks_md("ct-speed", markdown(json.loads(Path(args.out).read_text())))
+        return
 
     rng = np.random.default_rng(0)
     base = resize(shepp_logan_phantom(), (SIZE, SIZE), anti_aliasing=True)
@@ -92,6 +119,7 @@ def main():
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
+    update_benchmarks_md("ct-speed", markdown(result))
     print(f"ours {1e3 * ours_per_image:.2f} ms/image (forward+adjoint), skimage radon {1e3 * sk_per_image:.2f} "
           f"ms/image -> ratio {result['ratio_skimage_over_ours']:.1f}x (target 10x); wrote {out}")
 
