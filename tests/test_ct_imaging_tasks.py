@@ -237,26 +237,24 @@ def test_dds_beats_fbp_and_cg_on_limited_angle_heldout_ct(ct_prior):
         assert np.mean(psnr(dds.x, p.x_true, 1.0)) > np.mean(psnr(b.x, p.x_true, 1.0)), base
 
 
-# task -> (classical baseline, its knobs, DDS gamma); the knobs are those of the configs, tuned on training crops
-IMAGING = {"deblur": ("wiener", {}, dict(gamma=10.0)), "sr": ("pinv", {}, dict(gamma=1000.0)),
-           "inpaint": ("wiener", {"reg": 1e-3}, dict(gamma=1000.0, eta=0.5))}
-
-
-# The goal is NOT met with the embedded `natural` prior (benchmarks/results/ct_imaging_quality.json, 12
-# held-out crops, 50 steps, PSNR dB / SSIM): deblur DDS 24.91 / 0.759 vs Wiener 24.60 / 0.783 (SSIM lost); SR DDS
-# 23.16 / 0.676 vs bicubic pinv 23.50 / 0.695; inpaint DDS 27.78 / 0.875 vs harmonic fill 28.81 / 0.923. On the
-# validation crops of the training photos DDS won deblurring and SR, so the prior does not generalise to unseen
-# photos. strict: an unexpected pass means this marker must go.
-UNMET = pytest.mark.xfail(strict=True, reason="DDS with the embedded natural prior loses to the classical baseline "
-                                             "on held-out photos (see comment)")
+# task -> (classical baselines with their knobs, DDS knobs): exactly the benchmark's rows for the 12 held-out crops
+# (benchmarks/bench_ct_imaging_quality.py, knobs chosen on validation crops of the training photos). One DDS sample
+# does not beat the baselines there; the posterior mean of K samples does (deblur, SR: K = 8; inpainting: K = 16,
+# warm-started from the harmonic fill). Each case runs 400 or 240 network calls per image: minutes to half an hour.
+IMAGING = {"deblur": ([("wiener", {})], dict(gamma=10.0, num_samples=8)),
+           "sr": ([("pinv", {}), ("wiener", {"reg": 1e-3})], dict(gamma=1000.0, num_samples=8)),
+           "inpaint": ([("wiener", {"reg": 1e-3})],
+                       dict(gamma=1000.0, eta=0.5, num_samples=16, init="wiener", init_knobs={"reg": 1e-3},
+                            t_start=0.3))}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task", [pytest.param(t, marks=UNMET) for t in sorted(IMAGING)])
+@pytest.mark.parametrize("task", sorted(IMAGING))
 def test_dds_beats_classical_baseline_on_heldout_photos(task):
-    p = build_problem({"task": task})
-    base, kw, dds_kw = IMAGING[task]
-    b = inv.solve(p.y, p.operator, sampler=base, **kw)
+    p = build_problem({"task": task, "index": list(range(12))})
+    bases, dds_kw = IMAGING[task]
     d = inv.solve(p.y, p.operator, prior="natural", sampler="dds", steps=50, seed=0, **dds_kw)
-    assert np.mean(psnr(d.x, p.x_true, 1.0)) > np.mean(psnr(b.x, p.x_true, 1.0)), task
-    assert np.mean(ssim(d.x, p.x_true, 1.0)) > np.mean(ssim(b.x, p.x_true, 1.0)), task
+    for base, kw in bases:
+        b = inv.solve(p.y, p.operator, sampler=base, **kw)
+        assert np.mean(psnr(d.x, p.x_true, 1.0)) > np.mean(psnr(b.x, p.x_true, 1.0)), (task, base)
+        assert np.mean(ssim(d.x, p.x_true, 1.0)) > np.mean(ssim(b.x, p.x_true, 1.0)), (task, base)
