@@ -69,7 +69,8 @@ def _lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
 def _hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}), torch {torch.__version__}"
-    return f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()} threads, torch {torch.__version__}"
+    return (f"CPU {platform.processor() or platform.machine()} ({os.cpu_count()} cores, {torch.get_num_threads()} "
+            f"torch threads), torch {torch.__version__}")
 
 
 def _atomic_save(obj, path: Path):
