@@ -82,7 +82,10 @@ def _run(args) -> int:
         print(f"wrote {rec['output_dir']}/ (reconstruction.npy, run.json"
               f"{', figure.png' if rec['config']['output']['figure'] else ''})")
         for name, m in rec["metrics"].items():
-            print(f"  {name:<10} PSNR {m['psnr_mean']:.2f} dB   SSIM {m['ssim_mean']:.4f}")
+            if "relative_l2_mean" in m:
+                print(f"  {name:<10} relative L2 {m['relative_l2_mean']:.4f}")
+            else:
+                print(f"  {name:<10} PSNR {m['psnr_mean']:.2f} dB   SSIM {m['ssim_mean']:.4f}")
         c = rec["cost"]
         mem = "n/a" if c["peak_memory_bytes"] is None else f"{c['peak_memory_bytes'] / 2**20:.0f} MiB"
         print(f"  cost: {c['nfe']} NFE, {c['seconds']:.1f} s, peak memory {mem}")

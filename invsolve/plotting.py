@@ -62,9 +62,11 @@ def save_grid(images: np.ndarray, path, ncols: int = 8, cmap: str = "gray", vmin
 
 def reconstruction_figure(panels: Dict[str, np.ndarray], path, truth_key: Optional[str] = "truth",
                           titles: Optional[Dict[str, str]] = None, suptitle: Optional[str] = None,
-                          cmap: str = "gray", error_of: Optional[str] = None):
+                          cmap: str = "gray", error_of: Optional[str] = None, signed: bool = False):
     """One row per item: each panel (``(N, H, W)`` or ``(N, H, W, 3)``) plus, when ``truth_key`` is present, an
     absolute-error map of panel ``error_of`` (default: the last panel) against the truth.
+
+    ``signed``: grey panels are signed fields (e.g. vorticity), drawn with a diverging map symmetric about 0.
 
     ``titles`` maps a panel key to its column title and ``"key#row"`` to a per-cell subtitle (e.g. metrics)."""
     plt = _mpl()
@@ -74,12 +76,16 @@ def reconstruction_figure(panels: Dict[str, np.ndarray], path, truth_key: Option
     err_key = error_of if error_of in panels else keys[-1]
     ncols = len(keys) + int(with_err)
     fig, axes = plt.subplots(n, ncols, figsize=(2.2 * ncols, 2.3 * n + 0.4), squeeze=False)
-    vmax = max(float(np.percentile(panels[k], 99.5)) for k in keys)
+    if signed:
+        vmax = max(float(np.percentile(np.abs(panels[k]), 99.5)) for k in keys) or 1.0
+        cmap, vmin = "RdBu_r", -vmax
+    else:
+        vmax, vmin = max(float(np.percentile(panels[k], 99.5)) for k in keys), 0
     for r in range(n):
         for c, k in enumerate(keys):
             ax = axes[r, c]
             im = panels[k][r]
-            ax.imshow(np.clip(im, 0, 1) if im.ndim == 3 else im, cmap=cmap, vmin=0 if im.ndim == 2 else None,
+            ax.imshow(np.clip(im, 0, 1) if im.ndim == 3 else im, cmap=cmap, vmin=vmin if im.ndim == 2 else None,
                       vmax=vmax if im.ndim == 2 else None)
             t = (titles or {}).get(k, k) if r == 0 else ""
             sub = (titles or {}).get(f"{k}#{r}")

@@ -58,7 +58,7 @@ def _check_output(out: Path, overwrite: bool):
 def run(cfg, progress: bool = True) -> Dict[str, Any]:
     """Run a reconstruction config; returns the run record (also written to ``run.json``)."""
     from .api import solve
-    from .eval.metrics import psnr, ssim
+    from .eval.metrics import psnr, relative_l2, ssim
     from .samplers import get_sampler
     from .tasks import build_problem
 
@@ -84,6 +84,9 @@ def run(cfg, progress: bool = True) -> Dict[str, Any]:
                              "ssim": ssim(x, problem.x_true, problem.data_range)}
             metrics[name]["psnr_mean"] = float(np.mean(metrics[name]["psnr"]))
             metrics[name]["ssim_mean"] = float(np.mean(metrics[name]["ssim"]))
+            if problem.data_range is None:  # a physical field (no fixed data range): relative L2 is the metric
+                metrics[name]["relative_l2"] = relative_l2(x, problem.x_true)
+                metrics[name]["relative_l2_mean"] = float(np.mean(metrics[name]["relative_l2"]))
 
     record = {
         "config": OmegaConf.to_container(cfg, resolve=True), "names": problem.names, "metrics": metrics,
@@ -138,16 +141,23 @@ def _figure(path, problem, res, base_res, metrics, sampler: str):
     for name, r in list(base_res.items()) + [(sampler, res)]:
         panels[name] = displayable(r.x)
         if name in metrics:
-            for i, (p, s) in enumerate(zip(metrics[name]["psnr"], metrics[name]["ssim"])):
-                titles[f"{name}#{i}"] = f"{p:.2f} dB / {s:.3f}"
+            if "relative_l2" in metrics[name]:
+                for i, e in enumerate(metrics[name]["relative_l2"]):
+                    titles[f"{name}#{i}"] = f"rel. L2 {e:.3f}"
+            else:
+                for i, (p, s) in enumerate(zip(metrics[name]["psnr"], metrics[name]["ssim"])):
+                    titles[f"{name}#{i}"] = f"{p:.2f} dB / {s:.3f}"
     if res.samples is not None:
         panels["std"] = displayable(res.std[:, None] if res.std.dim() == 3 else res.std)
     m = problem.meta
     sup = f"{sampler}: {res.nfe} NFE, {res.seconds:.1f} s"
     if "acceleration" in m:
         sup += f"; {m.get('mask_type', '')} x{m['acceleration']:g}"
+    # a physical field with negative values (vorticity): diverging colour map, symmetric about 0
+    truth = panels.get("truth")
+    signed = problem.data_range is None and truth is not None and truth.ndim == 3 and float(truth.min()) < 0
     reconstruction_figure(panels, path, truth_key="truth" if problem.x_true is not None else None, titles=titles,
-                          suptitle=sup, error_of=sampler)
+                          suptitle=sup, error_of=sampler, signed=signed)
 
 
 def main(config: str, overrides: Optional[Sequence[str]] = None, overwrite: bool = False,
