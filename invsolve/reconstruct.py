@@ -84,7 +84,7 @@ def run(cfg, progress: bool = True) -> Dict[str, Any]:
                              "ssim": ssim(x, problem.x_true, problem.data_range)}
             metrics[name]["psnr_mean"] = float(np.mean(metrics[name]["psnr"]))
             metrics[name]["ssim_mean"] = float(np.mean(metrics[name]["ssim"]))
-            if problem.data_range is None:  # a physical field (no fixed data range): relative L2 is the metric
+            if _signed_field(problem):  # a physical field (vorticity): relative L2 is the metric
                 metrics[name]["relative_l2"] = relative_l2(x, problem.x_true)
                 metrics[name]["relative_l2_mean"] = float(np.mean(metrics[name]["relative_l2"]))
 
@@ -132,6 +132,13 @@ def _sampler_options(options: Dict[str, Any], sampler: str) -> Dict[str, Any]:
     return dict(options.get(sampler) or {})
 
 
+def _signed_field(problem) -> bool:
+    """A real truth with negative values and no fixed data range (a physical field such as vorticity)."""
+    x = problem.x_true
+    return (problem.data_range is None and x is not None and not x.is_complex()
+            and not getattr(problem.operator, "is_complex", False) and float(x.min()) < 0)
+
+
 def _figure(path, problem, res, base_res, metrics, sampler: str):
     from .plotting import displayable, reconstruction_figure
 
@@ -153,9 +160,7 @@ def _figure(path, problem, res, base_res, metrics, sampler: str):
     sup = f"{sampler}: {res.nfe} NFE, {res.seconds:.1f} s"
     if "acceleration" in m:
         sup += f"; {m.get('mask_type', '')} x{m['acceleration']:g}"
-    # a physical field with negative values (vorticity): diverging colour map, symmetric about 0
-    truth = panels.get("truth")
-    signed = problem.data_range is None and truth is not None and truth.ndim == 3 and float(truth.min()) < 0
+    signed = _signed_field(problem)
     reconstruction_figure(panels, path, truth_key="truth" if problem.x_true is not None else None, titles=titles,
                           suptitle=sup, error_of=sampler, signed=signed)
 
