@@ -77,6 +77,7 @@ def run(cfg, progress: bool = True) -> Dict[str, Any]:
                          **_sampler_options(all_options, b)) for b in baselines}
 
     metrics: Dict[str, Any] = {}
+    signed = _signed_field(problem)
     if problem.x_true is not None:
         for name, r in [(sv.sampler, res)] + list(base_res.items()):
             x = r.x.detach().cpu()
@@ -84,7 +85,7 @@ def run(cfg, progress: bool = True) -> Dict[str, Any]:
                              "ssim": ssim(x, problem.x_true, problem.data_range)}
             metrics[name]["psnr_mean"] = float(np.mean(metrics[name]["psnr"]))
             metrics[name]["ssim_mean"] = float(np.mean(metrics[name]["ssim"]))
-            if _signed_field(problem):  # a physical field (vorticity): relative L2 is the metric
+            if signed:  # a physical field (vorticity): relative L2 is the metric
                 metrics[name]["relative_l2"] = relative_l2(x, problem.x_true)
                 metrics[name]["relative_l2_mean"] = float(np.mean(metrics[name]["relative_l2"]))
 
@@ -108,7 +109,7 @@ def run(cfg, progress: bool = True) -> Dict[str, Any]:
             if isinstance(m, torch.Tensor):
                 np.save(tmp / "mask.npy", m.detach().cpu().numpy())
         if cfg.output.figure:
-            _figure(tmp / "figure.png", problem, res, base_res, metrics, sv.sampler)
+            _figure(tmp / "figure.png", problem, res, base_res, metrics, sv.sampler, signed)
         (tmp / "run.json").write_text(json.dumps(record, indent=2))
         if out.exists():
             shutil.rmtree(out)  # only reached with overwrite=true (checked above)
@@ -135,11 +136,10 @@ def _sampler_options(options: Dict[str, Any], sampler: str) -> Dict[str, Any]:
 def _signed_field(problem) -> bool:
     """A real truth with negative values and no fixed data range (a physical field such as vorticity)."""
     x = problem.x_true
-    return (problem.data_range is None and x is not None and not x.is_complex()
-            and not getattr(problem.operator, "is_complex", False) and float(x.min()) < 0)
+    return problem.data_range is None and x is not None and not x.is_complex() and float(x.min()) < 0
 
 
-def _figure(path, problem, res, base_res, metrics, sampler: str):
+def _figure(path, problem, res, base_res, metrics, sampler: str, signed: bool = False):
     from .plotting import displayable, reconstruction_figure
 
     panels, titles = {}, {}
@@ -160,7 +160,6 @@ def _figure(path, problem, res, base_res, metrics, sampler: str):
     sup = f"{sampler}: {res.nfe} NFE, {res.seconds:.1f} s"
     if "acceleration" in m:
         sup += f"; {m.get('mask_type', '')} x{m['acceleration']:g}"
-    signed = _signed_field(problem)
     reconstruction_figure(panels, path, truth_key="truth" if problem.x_true is not None else None, titles=titles,
                           suptitle=sup, error_of=sampler, signed=signed)
 
