@@ -160,6 +160,8 @@ def solve_vorticity(
         raise NonFiniteVorticityError(f"w0 contains NaN/Inf in batch items {bad.nonzero().flatten().tolist()}")
 
     device, dtype = w.device, w.dtype
+    if w.shape[0] == 0:
+        return w0.clone()
     nu = 1.0 / Re
     sp = _Spectral(s, device, dtype)
     f = _forcing_field(forcing, s, device, dtype)
@@ -170,21 +172,30 @@ def solve_vorticity(
     dt_diffusive = CFL * h * h / mu
 
     time_dtype = torch.float32 if device.type == "mps" else torch.float64
+    # Items that reach T leave the working batch (adaptive steps differ per item, and a fast-moving item would
+    # otherwise keep every finished one in the FFTs); their final states are put back in order at the end.
+    idx = torch.arange(w.shape[0], device=device)
     t = torch.zeros(w.shape[0], dtype=time_dtype, device=device)
     w_hat = torch.fft.rfft2(w)
+    done_hat, done_idx = [], []
     for step in range(max_steps + 1):
         n1, speed = sp.nonlinear(w_hat)
-        remaining = T - t
-        active = remaining > 1e-9 * max(T, 1.0)
-        active_any, finite = torch.stack([active.any(), torch.isfinite(speed).all()]).tolist()
+        finished = (T - t) <= 1e-9 * max(T, 1.0)
+        any_finished, all_finished, finite = torch.stack(
+            [finished.any(), finished.all(), torch.isfinite(speed).all()]).tolist()
         if not finite:
-            items = (~torch.isfinite(speed)).nonzero().flatten().tolist()
+            items = idx[~torch.isfinite(speed)].tolist()
             raise NonFiniteVorticityError(
                 f"the Navier–Stokes solution became NaN/Inf for batch items {items} before t = {T} (step {step}); "
                 "the input vorticity is probably far outside the data range (about [-10, 10]) or dt is too large"
             )
-        if not active_any:
-            break
+        if any_finished:
+            done_hat.append(w_hat[finished])
+            done_idx.append(idx[finished])
+            if all_finished:
+                break
+            keep = ~finished
+            w_hat, n1, speed, t, idx = w_hat[keep], n1[keep], speed[keep], t[keep], idx[keep]
         if step == max_steps:
             raise NonFiniteVorticityError(
                 f"Navier–Stokes needed more than max_steps={max_steps} steps to reach t = {T} "
@@ -195,7 +206,7 @@ def solve_vorticity(
             step_dt = torch.minimum(advective, torch.full_like(t, dt_diffusive))
         else:
             step_dt = torch.full_like(t, dt)
-        step_dt = torch.where(active, torch.minimum(step_dt, remaining), torch.zeros_like(t))
+        step_dt = torch.minimum(step_dt, T - t)
         t = t + step_dt
         tau = step_dt.to(dtype)[:, None, None]
         half_diffusion = 0.5 * nu * tau * sp.k2
@@ -205,6 +216,8 @@ def solve_vorticity(
         w_pred = (explicit + tau * g1) * implicit
         n2, _ = sp.nonlinear(w_pred)
         w_hat = (explicit + tau * (g1 + (f_hat - n2)) * 0.5) * implicit
+    order = torch.argsort(torch.cat(done_idx))
+    w_hat = torch.cat(done_hat)[order]
     return torch.fft.irfft2(w_hat, s=(s, s)).reshape(shape)
 
 
