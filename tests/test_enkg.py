@@ -67,10 +67,30 @@ def test_kalman_step_is_the_eki_update(normalize):
         torch.testing.assert_close(out[b], want)
 
 
-def test_kalman_step_does_not_move_a_fitting_ensemble():
+def test_kalman_gain_step_is_the_regularised_eki_update():
+    g = torch.Generator().manual_seed(1)
+    B, J, d, m = 2, 9, 5, 3
+    x = torch.randn(B, J, d, generator=g, dtype=torch.float64)
+    G = torch.randn(m, d, generator=g, dtype=torch.float64)
+    gx = x @ G.T + 0.1 * torch.randn(B, J, m, generator=g, dtype=torch.float64) ** 2
+    y = torch.randn(B, m, generator=g, dtype=torch.float64)
+    out = kalman_step(x, gx, y, 0.7, "kalman", kalman_reg=0.3)
+    for b in range(B):  # x_j - w C^{xg} (C^{gg} + gamma I)^{-1} (g_j - y) in data space, gamma = rho tr(C^gg) / J
+        dxm, dgm = x[b] - x[b].mean(0), gx[b] - gx[b].mean(0)
+        cxg, cgg = dxm.T @ dgm / J, dgm.T @ dgm / J
+        gamma = 0.3 * torch.trace(cgg) / J
+        gain = cxg @ torch.linalg.inv(cgg + gamma * torch.eye(m, dtype=torch.float64))
+        torch.testing.assert_close(out[b], x[b] - 0.7 * (gx[b] - y[b]) @ gain.T)
+    # linear G, m < J - 1, vanishing ridge: one full step fits every particle to the data
+    lin = kalman_step(x, x @ G.T, y, 1.0, "kalman", kalman_reg=1e-9)
+    torch.testing.assert_close(lin @ G.T, y[:, None].expand(B, J, m), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("normalize", ["frobenius", "trace", "kalman"])
+def test_kalman_step_does_not_move_a_fitting_ensemble(normalize):
     x = torch.randn(1, 4, 3)
     g = torch.ones(1, 4, 2)
-    torch.testing.assert_close(kalman_step(x, g, torch.ones(1, 2), 2.0), x)
+    torch.testing.assert_close(kalman_step(x, g, torch.ones(1, 2), 2.0, normalize), x)
 
 
 # ---------------------------------------------------------------------------------------------- EnKG end to end
@@ -148,6 +168,8 @@ def test_bad_knobs(gauss, problem):
         inv.solve(y, _op(), prior=gauss, sampler="enkg", ensemble_size=1)
     with pytest.raises(ValueError, match="normalize"):
         inv.solve(y, _op(), prior=gauss, sampler="enkg", normalize="l1", ensemble_size=4, **FAST)
+    with pytest.raises(ValueError, match="kalman_reg"):
+        inv.solve(y, _op(), prior=gauss, sampler="enkg", normalize="kalman", kalman_reg=0.0, ensemble_size=4, **FAST)
 
 
 def test_tiny_unet_prior_any_ensemble_size():

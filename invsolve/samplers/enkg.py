@@ -20,7 +20,10 @@ step per outer step). At the outer steps ``i`` of the guided window ``thr_start 
    ensemble-covariance-preconditioned gradient descent on ``1/2 ||G(PHI(x)) - y||^2`` under statistical
    linearisation. ``normalize="frobenius"`` (``||C||_F``, the released code), ``"trace"`` (``tr C^{gg} =
    (1/J) sum_k ||g_k - gbar||^2``, the paper's ``1/tr(C_yy)`` weighting: ``w_i <= 2`` keeps the step stable for a
-   linear ``G``) or ``"none"`` (raw step ``w_i``).
+   linear ``G``) or ``"none"`` (raw step ``w_i``). ``"kalman"`` (an extension, not in the paper) uses the
+   regularised EKI gain instead of a scalar: ``x_j <- x_j - w_i C^{xg} (C^{gg} + gamma I)^{-1} (g_j - y)`` with
+   ``gamma = kalman_reg tr(C^{gg}) / J``, solved as a ``J x J`` system; for a linear ``G`` and ``w_i = 1`` it is a
+   damped Gauss-Newton step in the span of the ensemble.
 
 Everything is per measurement: an ensemble only ever sees its own measurement and its own generator, so a result
 does not depend on the rest of the batch. The network is called in chunks of ``batch`` particles (any ``J``).
@@ -71,7 +74,7 @@ def _flat_real(t: torch.Tensor) -> torch.Tensor:
 
 
 def kalman_step(x: torch.Tensor, g: torch.Tensor, y: torch.Tensor, weight: float,
-                normalize: str = "frobenius") -> torch.Tensor:
+                normalize: str = "frobenius", kalman_reg: float = 1.0) -> torch.Tensor:
     """One ensemble-Kalman update of the particles of every measurement.
 
     Args:
@@ -79,7 +82,8 @@ def kalman_step(x: torch.Tensor, g: torch.Tensor, y: torch.Tensor, weight: float
         g: their predicted measurements ``G(PHI(x))`` ``(B, J, ...)`` (real or complex).
         y: measurements ``(B, ...)``.
         weight: ``w_i``.
-        normalize: ``"frobenius"``, ``"trace"`` or ``"none"`` (module docstring).
+        normalize: ``"frobenius"``, ``"trace"``, ``"none"`` or ``"kalman"`` (module docstring).
+        kalman_reg: ``rho`` of ``normalize="kalman"``: ``gamma = rho tr(C^{gg}) / J``.
     Returns:
         updated particles ``(B, J, ...)``; float64 accumulation, the dtype of ``x``.
     """
@@ -88,6 +92,15 @@ def kalman_step(x: torch.Tensor, g: torch.Tensor, y: torch.Tensor, weight: float
     gf = _flat_real(g.reshape((B * J,) + tuple(g.shape[2:]))).reshape(B, J, -1).double()
     yf = _flat_real(y).reshape(B, 1, -1).double()
     dg = gf - gf.mean(dim=1, keepdim=True)
+    if normalize == "kalman":
+        # C^{xg} (C^{gg} + gamma I)^{-1} r_j = dX (dG^T dG + J gamma I)^{-1} dG^T r_j: a J x J solve per item
+        gram = torch.bmm(dg, dg.transpose(1, 2))  # <dg_k, dg_l>
+        ridge = kalman_reg * gram.diagonal(dim1=1, dim2=2).sum(-1) / J  # J gamma, gamma = rho tr(C^gg) / J
+        eye = torch.eye(J, dtype=gram.dtype, device=gram.device)
+        ridge = torch.where(ridge > 0, ridge, torch.ones_like(ridge))  # collapsed ensemble: rhs is 0, no move
+        coef = torch.linalg.solve(gram + ridge[:, None, None] * eye, torch.bmm(dg, (gf - yf).transpose(1, 2)))
+        dx = torch.bmm(coef.transpose(1, 2), xf - xf.mean(dim=1, keepdim=True))
+        return (xf - weight * dx).to(x.dtype).reshape(x.shape)
     C = torch.bmm(gf - yf, dg.transpose(1, 2)) / J  # (B, J, J): C_jk = <r_j, g_k - gbar> / J
     dx = torch.bmm(C, xf - xf.mean(dim=1, keepdim=True))
     if normalize == "frobenius":
@@ -97,7 +110,7 @@ def kalman_step(x: torch.Tensor, g: torch.Tensor, y: torch.Tensor, weight: float
     elif normalize == "none":
         scale = torch.ones(B, dtype=xf.dtype, device=xf.device)
     else:
-        raise ValueError(f"normalize must be 'frobenius', 'trace' or 'none', got {normalize!r}")
+        raise ValueError(f"normalize must be 'frobenius', 'trace', 'none' or 'kalman', got {normalize!r}")
     # an ensemble that already fits exactly (C = 0) or has collapsed (tr C^gg = 0) does not move
     step = torch.where(scale > 0, weight / scale.clamp_min(torch.finfo(xf.dtype).tiny), torch.zeros_like(scale))
     return (xf - step[:, None, None] * dx).to(x.dtype).reshape(x.shape)
@@ -134,8 +147,8 @@ def cost(steps: int, updates: int, thr_start: float, thr_end: float, inner_div: 
 
 
 DEFAULTS = dict(steps=80, ensemble_size=512, updates=2, guidance=2.0, thr_start=0.05, thr_end=0.05,
-                lr_min_ratio=0.0, inner_div=4, max_inner=20, normalize="frobenius", sigma_max=80.0,
-                sigma_min=0.002, rho=7.0, batch=64, return_particles=True)
+                lr_min_ratio=0.0, inner_div=4, max_inner=20, normalize="frobenius", kalman_reg=1.0,
+                sigma_max=80.0, sigma_min=0.002, rho=7.0, batch=64, return_particles=True)
 
 
 @register_sampler("enkg", defaults=DEFAULTS, requires="forward",
@@ -143,8 +156,8 @@ DEFAULTS = dict(steps=80, ensemble_size=512, updates=2, guidance=2.0, thr_start=
                           "(black boxes, PDE solvers)")
 @torch.no_grad()
 def enkg(prior, op, y, *, generators, steps=80, ensemble_size=512, updates=2, guidance=2.0, thr_start=0.05,
-         thr_end=0.05, lr_min_ratio=0.0, inner_div=4, max_inner=20, normalize="frobenius", sigma_max=80.0,
-         sigma_min=0.002, rho=7.0, batch=64, return_particles=True, progress=False) -> SamplerOutput:
+         thr_end=0.05, lr_min_ratio=0.0, inner_div=4, max_inner=20, normalize="frobenius", kalman_reg=1.0,
+         sigma_max=80.0, sigma_min=0.002, rho=7.0, batch=64, return_particles=True, progress=False) -> SamplerOutput:
     """EnKG on any pixel-space prior (through its VE view ``denoise(x, sigma)``) and any forward model.
 
     Args:
@@ -156,7 +169,8 @@ def enkg(prior, op, y, *, generators, steps=80, ensemble_size=512, updates=2, gu
         thr_start, thr_end: guided window ``thr_start N < i < N - int(thr_end N)`` (0.05 / 0.05: 71 of 80 steps).
         inner_div, max_inner: inner steps ``n_i = min(1 + (N - i) // inner_div, max_inner)`` (4 / 20 as in
             enkg-pytorch; InverseBench uses 8). Lower ``max_inner`` to trade prediction accuracy for network calls.
-        normalize: step normalisation ``"frobenius"`` (released code, default), ``"trace"`` (paper) or ``"none"``.
+        normalize: step normalisation ``"frobenius"`` (released code, default), ``"trace"`` (paper), ``"none"``, or
+            ``"kalman"`` (regularised EKI gain, ridge ``kalman_reg`` (1.0) times ``tr(C^{gg}) / J``; use w <= 1).
         sigma_max, sigma_min, rho: EDM grid (80, 0.002, 7), clamped to the noise levels the prior was trained on.
         batch: particles per network call (memory bound; no divisibility constraint).
         return_particles: put all particles in ``info["particles"]`` (``(B, J, ...)``, operator domain, CPU).
@@ -173,8 +187,10 @@ def enkg(prior, op, y, *, generators, steps=80, ensemble_size=512, updates=2, gu
     if K < 0 or batch < 1 or steps < 1 or inner_div < 1 or max_inner < 1:
         raise ValueError(f"need updates >= 0 and batch, steps, inner_div, max_inner >= 1; got updates={K}, "
                          f"batch={batch}, steps={steps}, inner_div={inner_div}, max_inner={max_inner}")
-    if normalize not in ("frobenius", "trace", "none"):
-        raise ValueError(f"normalize must be 'frobenius', 'trace' or 'none', got {normalize!r}")
+    if normalize not in ("frobenius", "trace", "none", "kalman"):
+        raise ValueError(f"normalize must be 'frobenius', 'trace', 'none' or 'kalman', got {normalize!r}")
+    if not kalman_reg > 0:
+        raise ValueError(f"kalman_reg must be > 0, got {kalman_reg!r}")
     B = y.shape[0]
     shape = (prior.channels,) + tuple(prior.image_size)
     s_max = min(float(sigma_max), prior.sigma_max)
@@ -204,7 +220,7 @@ def enkg(prior, op, y, *, generators, steps=80, ensemble_size=512, updates=2, gu
                 yj = y.repeat_interleave(J, 0)
                 misfit.append(torch.linalg.vector_norm(_flat_real(g - yj), dim=1).reshape(B, J).mean(dim=1).cpu())
                 x = kalman_step(x.reshape((B, J) + shape), g.reshape((B, J) + tuple(g.shape[1:])), y, w_i,
-                                normalize).reshape((B * J,) + shape)
+                                normalize, kalman_reg).reshape((B * J,) + shape)
                 _check_finite(x, J, "the updated particle", f"after the Kalman step at outer step {i}")
         d = denoise_chunked(prior, x, sig[i], batch)
         nfe += 1
