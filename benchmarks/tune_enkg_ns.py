@@ -10,6 +10,7 @@ forward-solve count and the network calls per particle. ``--summary`` collects t
         --normalize trace --tag J64_N20_trace_w1_inner20
     python benchmarks/tune_enkg_ns.py --ensemble 64 --steps 20 --updates 0 --tag unguided_J64_N20
     python benchmarks/tune_enkg_ns.py --summary
+    python benchmarks/tune_enkg_ns.py --data-fit 160   # no prior: Adam on the IC through the differentiable solver
 """
 from __future__ import annotations
 
@@ -58,6 +59,29 @@ def run(a) -> dict:
                 seconds=time.time() - t0)
 
 
+def data_fit(a) -> None:
+    """How much of the initial field the data pin down without a prior: Adam (lr 0.02) from 0 on
+    ``1/2 ||G(x) - y||^2`` with autograd through the solver; prints misfit and relative L2 every 20 iterations."""
+    import invsolve as inv
+    from invsolve.tasks.ns import heldout_truth
+
+    w, _ = heldout_truth([a.field], 64, 64, cache="runs/ns_bank_test.npy")
+    op = inv.operators.NavierStokes2D(64)
+    x_true = w / op.scale
+    with torch.no_grad():
+        y = op(x_true)
+    x = torch.zeros_like(x_true, requires_grad=True)
+    opt = torch.optim.Adam([x], lr=0.02)
+    for it in range(a.data_fit + 1):
+        r = op(x) - y
+        if it % 20 == 0:
+            print(f"{it:4d} misfit {float(r.detach().norm() / y.norm()):.3f} "
+                  f"rel. L2 {float((x.detach() - x_true).norm() / x_true.norm()):.3f}", flush=True)
+        opt.zero_grad()
+        (0.5 * (r**2).sum()).backward()
+        opt.step()
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--ensemble", type=int, default=64)
@@ -72,8 +96,12 @@ def main(argv=None):
     ap.add_argument("--noise", type=float, default=0.0)
     ap.add_argument("--tag")
     ap.add_argument("--summary", action="store_true")
+    ap.add_argument("--data-fit", type=int, default=0, metavar="ITERS")
     a = ap.parse_args(argv)
     os.chdir(ROOT)
+    if a.data_fit:
+        torch.set_num_threads(1)
+        return data_fit(a)
     if a.summary:
         rows = {p.stem: json.loads(p.read_text()) for p in sorted(WORK.glob("*.json"))}
         path = write_result("enkg_ns_validation", {
