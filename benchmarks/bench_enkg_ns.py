@@ -115,6 +115,7 @@ def main(argv=None):
     ap.add_argument("--work", default="runs/enkg_ns")
     ap.add_argument("--out", default="enkg_ns")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--remark", default="", help="a sentence for BENCHMARKS.md (e.g. what is still missing)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     os.chdir(ROOT)
@@ -177,7 +178,7 @@ def summarise(a, cost, work: Path):
     failed = [f"{r['tag']} field {r['field']} sigma {r['sigma']}: {r['failed']}" for r in rows if r.get("failed")]
     payload = {"benchmark": "EnKG Navier-Stokes 64x64 held-out", "settings": vars(a), "enkg_budget": cost,
                "machine": machine(), "results": summary, "failed": failed,
-               "reproduce": "nice -n 10 python benchmarks/bench_enkg_ns.py " + " ".join(sys.argv[1:])}
+               "reproduce": "nice -n 10 python benchmarks/bench_enkg_ns.py " + " ".join(_argv_without_remark())}
     path = write_result(a.out, payload)
     print(f"wrote {path}")
     if a.out == "enkg_ns":
@@ -188,16 +189,33 @@ def summarise(a, cost, work: Path):
               f"fwd {s.get('forward_evaluations')}  {s['seconds']['mean']:.0f}s")
 
 
+def _argv_without_remark():
+    out, skip = [], False
+    for t in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif t == "--remark":
+            skip = True
+        elif not t.startswith("--remark="):
+            out.append(t)
+    return out
+
+
 def markdown(payload: dict) -> str:
     st, c = payload["settings"], payload["enkg_budget"]
+    present = {s["method"] for s in payload["results"].values()}
+    others = [m for m in ("dps-gsg", "dps", "unguided") if m in present]
+    title = "EnKG" + "".join(f" vs {m.upper() if m != 'unguided' else 'unguided'}" for m in others)
+    baselines = ("DPS-GSG at the same number of forward solves. " if "dps-gsg" in present else "") + \
+        ("DPS with autograd through the solver. " if "dps" in present else "")
     lines = [
-        "## Navier-Stokes initial-state inversion (64x64, held-out fields): EnKG vs DPS-GSG vs DPS",
+        f"## Navier-Stokes initial-state inversion (64x64, held-out fields): {title}",
         "",
         f"Observations: vorticity at T = 1 on every 2nd grid point (32x32). Prior `{st['prior']}`. EnKG: J = "
         f"{st['ensemble']} particles, N = {st['steps']}, K = {st['updates']}, w = {st['guidance']} ({st['normalize']}),"
         f" inner steps <= {st['max_inner']}: {c['nfe_per_particle']} network calls per particle, "
-        f"{c['forward_evaluations']} forward solves in {c['forward_calls']} batched calls per field. DPS-GSG at the "
-        f"same number of forward solves; DPS with autograd through the solver. Relative L2 (raw units) of the "
+        f"{c['forward_evaluations']} forward solves in {c['forward_calls']} batched calls per field. {baselines}"
+        f"Relative L2 (raw units) of the "
         f"ensemble mean / averaged over particles; mean ± std over fields. {payload['machine']['device']}.",
         "",
         "| method | noise sigma | fields | rel. L2 (mean) | rel. L2 (per particle) | data misfit | forward solves |"
@@ -209,6 +227,8 @@ def markdown(payload: dict) -> str:
                      f"{s['rel_l2_mean']['mean']:.3f} ± {s['rel_l2_mean']['std']:.3f} | "
                      f"{s['rel_l2_particles']['mean']:.3f} | {s['data_misfit']['mean']:.3f} | "
                      f"{s.get('forward_evaluations', '')} | {s['seconds']['mean']:.0f} |")
+    if payload["settings"].get("remark"):
+        lines += ["", payload["settings"]["remark"]]
     lines += ["", f"Reproduce: `{payload['reproduce']}`"]
     return "\n".join(lines)
 
