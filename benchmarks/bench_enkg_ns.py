@@ -19,6 +19,9 @@ Per-item results go to ``--work`` (one JSON per method/field/noise; a killed run
 
 Run (CPU, in the background):
     nice -n 10 python benchmarks/bench_enkg_ns.py --fields 0 1 2 --noise 0 1
+
+Defaults are the EnKG setting chosen on the validation field (benchmarks/tune_enkg_ns.py): J = 64, N = 20, K = 2,
+trace weighting w = 1, full inner steps.
 """
 from __future__ import annotations
 
@@ -98,11 +101,11 @@ def main(argv=None):
     ap.add_argument("--methods", nargs="+", default=["unguided", "enkg", "dps", "dps-gsg"])
     ap.add_argument("--prior", default="ns-vorticity")
     ap.add_argument("--ensemble", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--updates", type=int, default=1)
-    ap.add_argument("--guidance", type=float, default=2.0)
-    ap.add_argument("--max-inner", type=int, default=2)
-    ap.add_argument("--normalize", default="frobenius")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--updates", type=int, default=2)
+    ap.add_argument("--guidance", type=float, default=1.0)
+    ap.add_argument("--max-inner", type=int, default=20)
+    ap.add_argument("--normalize", default="trace")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--gsg-queries", type=int, default=14)
     ap.add_argument("--gsg-scale", type=float, default=1.0)

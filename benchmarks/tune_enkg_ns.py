@@ -30,9 +30,9 @@ from _common import ROOT, machine, write_result  # noqa: E402
 WORK = Path("runs/enkg_ns_tune")
 
 
-def run(a) -> dict:
+def _problem(a):
+    """Operator, truth (prior units) and measurement of field ``a.field`` (noise as in bench_enkg_ns.py)."""
     import invsolve as inv
-    from invsolve.eval.metrics import relative_l2
     from invsolve.tasks.ns import heldout_truth
 
     w, _ = heldout_truth([a.field], 64, 64, cache="runs/ns_bank_test.npy")
@@ -42,6 +42,14 @@ def run(a) -> dict:
         y = op(x_true)
     if a.noise > 0:
         y = y + a.noise * torch.randn(y.shape, generator=torch.Generator().manual_seed(1000 + a.field))
+    return op, x_true, y
+
+
+def run(a) -> dict:
+    import invsolve as inv
+    from invsolve.eval.metrics import relative_l2
+
+    op, x_true, y = _problem(a)
     t0 = time.time()
     res = inv.solve(y, op, prior=inv.load_prior("ns-vorticity"), sampler="enkg", seed=a.field,
                     ensemble_size=a.ensemble, steps=a.steps, updates=a.updates, guidance=a.guidance,
@@ -62,14 +70,7 @@ def run(a) -> dict:
 def data_fit(a) -> None:
     """How much of the initial field the data pin down without a prior: Adam (lr 0.02) from 0 on
     ``1/2 ||G(x) - y||^2`` with autograd through the solver; prints misfit and relative L2 every 20 iterations."""
-    import invsolve as inv
-    from invsolve.tasks.ns import heldout_truth
-
-    w, _ = heldout_truth([a.field], 64, 64, cache="runs/ns_bank_test.npy")
-    op = inv.operators.NavierStokes2D(64)
-    x_true = w / op.scale
-    with torch.no_grad():
-        y = op(x_true)
+    op, x_true, y = _problem(a)
     x = torch.zeros_like(x_true, requires_grad=True)
     opt = torch.optim.Adam([x], lr=0.02)
     for it in range(a.data_fit + 1):
