@@ -65,7 +65,7 @@ def run_one(method, prior, op, y, x_true, seed, a) -> dict:
     t0 = time.time()
     if method in ("unguided", "enkg"):
         kw = dict(ensemble_size=a.ensemble, steps=a.steps, updates=0 if method == "unguided" else a.updates,
-                  guidance=a.guidance, max_inner=a.max_inner, normalize=a.normalize, batch=a.batch)
+                  guidance=a.guidance, max_inner=a.max_inner, normalize=a.normalize, batch=a.batch, localize=a.localize)
         res = inv.solve(y, op, prior=prior, sampler="enkg", seed=seed, **kw)
         parts = res.info["particles"][0]
         info = {k: res.info[k] for k in ("nfe_per_particle", "network_evaluations", "forward_calls",
@@ -107,6 +107,8 @@ def main(argv=None):
     ap.add_argument("--max-inner", type=int, default=20)
     ap.add_argument("--normalize", default="trace")
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--localize", type=float, default=None,
+                    help="EnKG covariance-localisation radius in grid cells (an extension; default: none)")
     ap.add_argument("--gsg-queries", type=int, default=14)
     ap.add_argument("--gsg-scale", type=float, default=1.0)
     ap.add_argument("--gsg-mu", type=float, default=0.01)
@@ -133,6 +135,8 @@ def main(argv=None):
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     tag = f"{a.prior}_J{a.ensemble}_N{a.steps}_K{a.updates}_i{a.max_inner}_w{a.guidance}_{a.normalize}"
+    if a.localize is not None:
+        tag += f"_loc{a.localize:g}"
     for sigma in a.noise:
         for f, wf in zip(a.fields, w):
             x_true = wf[None] / op.scale

@@ -54,13 +54,13 @@ def run(a) -> dict:
     res = inv.solve(y, op, prior=inv.load_prior("ns-vorticity"), sampler="enkg", seed=a.field,
                     ensemble_size=a.ensemble, steps=a.steps, updates=a.updates, guidance=a.guidance,
                     max_inner=a.max_inner, normalize=a.normalize, kalman_reg=a.kalman_reg, thr_start=a.thr_start,
-                    batch=64)
+                    localize=a.localize, batch=64)
     parts = res.info["particles"][0]
     with torch.no_grad():
         fit = float((op(res.x.cpu()) - y).norm() / y.norm())
     return dict(ensemble=a.ensemble, steps=a.steps, updates=a.updates, max_inner=a.max_inner, guidance=a.guidance,
                 normalize=a.normalize, kalman_reg=a.kalman_reg, thr_start=a.thr_start, field=a.field, noise=a.noise,
-                rel_l2_mean=relative_l2(res.x.cpu(), x_true)[0],
+                localize=a.localize, rel_l2_mean=relative_l2(res.x.cpu(), x_true)[0],
                 rel_l2_particles=float(np.mean(relative_l2(parts, x_true.expand_as(parts)))), data_misfit=fit,
                 misfit_trajectory=[round(float(m), 4) for m in res.info["misfit"][:, 0] / y.norm()],
                 forward_evaluations=res.info["forward_evaluations"], nfe_per_particle=res.info["nfe_per_particle"],
@@ -93,6 +93,7 @@ def main(argv=None):
     ap.add_argument("--normalize", default="trace")
     ap.add_argument("--kalman-reg", type=float, default=1.0)
     ap.add_argument("--thr-start", type=float, default=0.05)
+    ap.add_argument("--localize", type=float, default=None, help="localisation radius in grid cells (extension)")
     ap.add_argument("--field", type=int, default=7)
     ap.add_argument("--noise", type=float, default=0.0)
     ap.add_argument("--tag")
@@ -109,7 +110,7 @@ def main(argv=None):
             "benchmark": "EnKG knob sweep on a Navier-Stokes validation field (held-out stream index 7)",
             "machine": machine(), "runs": rows,
             "reproduce": "python benchmarks/tune_enkg_ns.py --ensemble J --steps N --updates K --max-inner n "
-                         "--guidance w --normalize NORM [--kalman-reg r] [--thr-start t] --tag TAG"})
+                         "--guidance w --normalize NORM [--kalman-reg r] [--thr-start t] [--localize R] --tag TAG"})
         for k, r in rows.items():
             print(f"{k:40s} relL2 mean {r['rel_l2_mean']:.3f} particles {r['rel_l2_particles']:.3f} "
                   f"misfit {r['data_misfit']:.3f} fwd {r['forward_evaluations']} {r['seconds']:.0f}s")

@@ -270,6 +270,15 @@ class NavierStokes2D(Operator):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.simulate(x)[..., :: self.stride, :: self.stride]
 
+    def localization(self, radius: float) -> torch.Tensor:
+        """Covariance-localisation taper for ensemble-Kalman updates (EnKG ``localize=radius``): Gaspari–Cohn in
+        the wrap-around distance (grid cells) between an initial-state pixel and an observed point, 0 beyond
+        ``radius``. ``(s*s, m*m)`` float64. The flow moves features during ``[0, T]``, so ``radius`` should exceed
+        the distance they travel (about ``T max|u| s / 2π`` cells)."""
+        from ..samplers.localization import periodic_grid_taper
+
+        return periodic_grid_taper(self.image_size, self.stride, radius)
+
     def extra_repr(self) -> str:
         return (
             f"image_size={self.image_size}, T={self.T}, stride={self.stride}, scale={self.scale}, Re={self.Re}, "
