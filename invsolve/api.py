@@ -136,7 +136,7 @@ def solve(y, operator: Operator, prior: Union[str, Prior, None] = None, sampler:
     if spec.needs_prior:
         pr = load_prior(prior if prior is not None else _default_prior(operator), device=dev)
         _check_prior_fits(pr, operator)
-    check_compatible(spec, operator, pr)
+    check_compatible(spec, operator, pr, kn)
 
     op = operator
     if _module_device(operator) not in (None, dev):

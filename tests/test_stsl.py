@@ -163,3 +163,17 @@ def test_bad_knobs_are_errors(gauss):
         stsl(gauss, op, y, generators=_gens(1), steps=2, inner=0)
     with pytest.raises(ValueError, match="init"):
         stsl(gauss, op, y, generators=_gens(1), steps=2, init="zeros")
+
+
+@pytest.mark.parametrize("sampler,adjoint_knob,free", [("stsl", "init='adjoint'", dict(init="noise")),
+                                                       ("psld", "gluing term", dict(gamma=0.0))])
+def test_nonlinear_operator_needs_knobs_without_adjoint(sampler, adjoint_knob, free):
+    """On a nonlinear differentiable operator the options that use Aᵀ (the Aᵀy start, the gluing term) are a clear
+    error naming the option; without them the sampler runs (gradients through the operator only)."""
+    op = inv.operators.NavierStokes2D(16)
+    prior = GaussianPrior(torch.zeros(1, 16, 16), variance=0.25)
+    y = op(prior.sample(1, torch.Generator().manual_seed(0)))
+    with pytest.raises(inv.InvsolveError, match=f"{sampler}.*{adjoint_knob}.*NavierStokes2D is nonlinear"):
+        inv.solve(y, op, prior=prior, sampler=sampler, steps=2)
+    res = inv.solve(y, op, prior=prior, sampler=sampler, steps=2, **free)
+    assert res.x.shape == (1, 1, 16, 16) and bool(torch.isfinite(res.x).all())

@@ -324,8 +324,9 @@ def _applicability(plan: Plan, task_id: str, method: Dict[str, Any]) -> Tuple[Op
             _check_prior_fits(prior, op)
         except InvsolveError as e:
             return str(e), name
+    m = plan.methods[method["id"]]
     try:
-        check_compatible(spec, op, prior)
+        check_compatible(spec, op, prior, m["task_knobs"].get(task_id, m["knobs"]))
     except InvsolveError as e:
         return str(e), name
     if spec.name == "fbp" and not hasattr(op, "fbp"):

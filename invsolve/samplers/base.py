@@ -57,6 +57,9 @@ class SamplerSpec:
     # options whose default leaves the algorithm unchanged ("off"); a result's configuration hash leaves them out
     # while they hold that default, so adding such an option keeps stored evaluation results valid
     neutral: Tuple[str, ...] = ()
+    # for "differentiable" samplers with options that need ``adjoint`` (an ``Aᵀy`` start, a gluing term):
+    # knobs -> a phrase naming the option that does (``None``: the knobs run on a nonlinear operator)
+    adjoint_knobs: Optional[Callable[[Dict[str, Any]], Optional[str]]] = None
 
     def identity_knobs(self, knobs: Dict[str, Any]) -> Dict[str, Any]:
         """``knobs`` without the neutral options that are at their default."""
@@ -71,14 +74,14 @@ _REGISTRY: Dict[str, SamplerSpec] = {}
 
 def register_sampler(name: str, *, defaults: Optional[Dict[str, Any]] = None, requires: str = "linear",
                      needs_prior: bool = True, latent_ok: bool = False, summary: str = "",
-                     neutral: Tuple[str, ...] = ()):
+                     neutral: Tuple[str, ...] = (), adjoint_knobs=None):
     """Decorator registering a sampler function under ``name`` with its default knobs (``neutral``: see
     :class:`SamplerSpec`)."""
 
     def deco(fn):
         doc = (fn.__doc__ or "").strip().splitlines()
         _REGISTRY[name] = SamplerSpec(name, fn, dict(defaults or {}), requires, needs_prior, latent_ok,
-                                      summary or (doc[0] if doc else ""), tuple(neutral))
+                                      summary or (doc[0] if doc else ""), tuple(neutral), adjoint_knobs)
         return fn
 
     return deco
@@ -120,11 +123,19 @@ def resolve_knobs(spec: SamplerSpec, knobs: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def check_compatible(spec: SamplerSpec, operator, prior) -> None:
-    """Clear errors when a sampler cannot run on this operator/prior combination."""
-    if spec.requires == "linear" and not getattr(operator, "is_linear", False):
+def check_compatible(spec: SamplerSpec, operator, prior, knobs: Optional[Dict[str, Any]] = None) -> None:
+    """Clear errors when a sampler cannot run on this operator/prior combination (with these resolved ``knobs``,
+    for samplers whose options decide whether they need the adjoint)."""
+    linear = getattr(operator, "is_linear", False)
+    if spec.requires == "linear" and not linear:
         raise InvsolveError(f"sampler {spec.name!r} needs a linear operator with an adjoint; "
                             f"{type(operator).__name__} is nonlinear. Try sampler='enkg' or 'dps'.")
+    if spec.adjoint_knobs is not None and not linear:
+        what = spec.adjoint_knobs({**spec.defaults, **(knobs or {})})
+        if what:
+            raise InvsolveError(f"sampler {spec.name!r} with {what} needs a linear operator with an adjoint; "
+                                f"{type(operator).__name__} is nonlinear. Start from noise (init='noise') without "
+                                "gluing, or try sampler='enkg' or 'dps'.")
     if spec.needs_prior and prior is None:
         raise InvsolveError(f"sampler {spec.name!r} needs a diffusion prior")
     if prior is not None and getattr(prior, "is_latent", False) and not spec.latent_ok:

@@ -13,24 +13,26 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ShapeError
+from ..errors import InvsolveError, ShapeError
 from .base import SamplerOutput, progress_bar, randn, register_sampler
 from .ddnm import pinv
 from .unconditional import ddim_grid
 
 
 def check_decoder_fits(prior, op, y: torch.Tensor) -> torch.Tensor:
-    """``Aᵀy`` after checking that the prior's decoded images have the operator's input shape.
+    """``Aᵀy`` (``None`` for a nonlinear operator) after checking that the prior's decoded images have the
+    operator's input shape.
 
     Raises :class:`ShapeError` naming both shapes (e.g. a latent prior decoding 64x64 images used with an operator
     on 128x128 images).
     """
-    x = op.adjoint(y)
+    x = op.adjoint(y) if getattr(op, "is_linear", False) else None
+    want = tuple(x.shape[1:]) if x is not None else tuple(op.input_shape or ())
     have = tuple(prior.operator_shape)
-    if tuple(x.shape[1:]) != have:
+    if want and want != have:
         what = "decoder output" if getattr(prior, "is_latent", False) else "images"
         raise ShapeError(f"prior {prior.name!r} {what} have shape {have} but the operator acts on images of shape "
-                         f"{tuple(x.shape[1:])} (Aᵀy); use a prior trained at that size or resize the problem")
+                         f"{want}; use a prior trained at that size or resize the problem")
     return x
 
 
@@ -45,6 +47,9 @@ def initial_latent(prior, op, y, generators, t: int, init: str, pinv_iters: int 
     n = randn(shape, generators, y.device)
     if init == "noise":
         return n
+    if x_adj is None:
+        raise InvsolveError(f"init={init!r} needs a linear operator with an adjoint; {type(op).__name__} is "
+                            "nonlinear: use init='noise'")
     x = x_adj if init == "adjoint" else pinv(op, y, pinv_iters)
     lo, hi = prior.data_range
     with torch.no_grad():
@@ -76,8 +81,18 @@ def ddim_update(prior, z0, e, t_next: int) -> torch.Tensor:
     return ab_n.sqrt() * z0 + (1 - ab_n).sqrt() * e
 
 
+def needs_adjoint(init: str, gluing: float) -> "str | None":
+    """The option of PSLD / STSL that uses ``Aᵀ`` or ``A⁺`` (``None``: they run on a nonlinear operator too)."""
+    if init in ("adjoint", "pinv"):
+        return f"init={init!r}"
+    if gluing:
+        return f"a gluing term (weight {gluing:g}; set it to 0)"
+    return None
+
+
 @register_sampler("psld", defaults=dict(steps=200, omega=1.0, gamma=0.1, init="noise", pinv_iters=30),
                   requires="differentiable", latent_ok=True,
+                  adjoint_knobs=lambda k: needs_adjoint(k["init"], k["gamma"]),
                   summary="PSLD: DDIM + gradient of ||y - A D(z0)|| and of the gluing term through network and "
                           "decoder (latent or pixel priors)")
 def psld(prior, op, y, *, generators, steps=200, omega=1.0, gamma=0.1, init="noise", pinv_iters=30,

@@ -39,7 +39,7 @@ from __future__ import annotations
 import torch
 
 from .base import SamplerOutput, progress_bar, randn, register_sampler
-from .psld import ddim_update, glue_term, initial_latent
+from .psld import ddim_update, glue_term, initial_latent, needs_adjoint
 from .unconditional import ddim_grid
 
 
@@ -61,6 +61,7 @@ def hutchinson_trace(prior, z: torch.Tensor, t, probe: torch.Tensor, c: float = 
 @register_sampler("stsl", defaults=dict(steps=50, inner=2, lam=1.0, rho=0.5, eta=0.02, c=1.0, gluing=0.0,
                                         normalize=True, init="adjoint", pinv_iters=30),
                   requires="differentiable", latent_ok=True,
+                  adjoint_knobs=lambda k: needs_adjoint(k["init"], k["gluing"]),
                   summary="STSL: DDIM + N gradient steps per step on a data term at the Tweedie mean plus a "
                           "Hutchinson trace of the score Jacobian (second-order Tweedie; latent or pixel priors)")
 def stsl(prior, op, y, *, generators, steps=50, inner=2, lam=1.0, rho=0.5, eta=0.02, c=1.0, gluing=0.0,
