@@ -218,11 +218,13 @@ def markdown(payload: dict) -> str:
     lines = [
         f"## Navier-Stokes initial-state inversion (64x64, held-out fields): {title}",
         "",
-        f"Observations: vorticity at T = 1 on every 2nd grid point (32x32). Prior `{st['prior']}`. EnKG: J = "
+        f"Observations: vorticity at T = 1 on every 2nd grid point (32x32). Prior `{st['prior']}`. EnKG (budget of "
+        "the last command): J = "
         f"{st['ensemble']} particles, N = {st['steps']}, K = {st['updates']}, w = {st['guidance']} ({st['normalize']}),"
         f" inner steps <= {st['max_inner']}: {c['nfe_per_particle']} network calls per particle, "
         f"{c['forward_evaluations']} forward solves in {c['forward_calls']} batched calls per field. {baselines}"
-        f"Relative L2 (raw units) of the "
+        "EnKG rows name their settings: J particles, N outer steps, K updates, inner-step cap i, step w, weighting, "
+        "loc = covariance-localisation radius in grid cells (our extension). Relative L2 (raw units) of the "
         f"ensemble mean / averaged over particles; mean ± std over fields. {payload['machine']['device']}.",
         "",
         "| method | noise sigma | fields | rel. L2 (mean) | rel. L2 (per particle) | data misfit | forward solves |"
