@@ -218,8 +218,8 @@ def markdown(payload: dict) -> str:
     lines = [
         f"## Navier-Stokes initial-state inversion (64x64, held-out fields): {title}",
         "",
-        f"Observations: vorticity at T = 1 on every 2nd grid point (32x32). Prior `{st['prior']}`. EnKG (budget of "
-        "the last command): J = "
+        f"Observations: vorticity at T = 1 on every 2nd grid point (32x32). Prior `{st['prior']}`. EnKG (as in "
+        "the reproduce command): J = "
         f"{st['ensemble']} particles, N = {st['steps']}, K = {st['updates']}, w = {st['guidance']} ({st['normalize']}),"
         f" inner steps <= {st['max_inner']}: {c['nfe_per_particle']} network calls per particle, "
         f"{c['forward_evaluations']} forward solves in {c['forward_calls']} batched calls per field. {baselines}"
