@@ -76,10 +76,10 @@ class EverySecond(Operator):
 
 def test_localisation_lets_a_small_ensemble_fit_a_local_problem():
     """64 noise-free observations of an i.i.d. Gaussian field, J = 8: without localisation the update lives in a
-    7-dimensional span and cannot fit (at any stable trace-normalised step); with it (radius 1.5 cells: the observed
-    pixel and its 4 neighbours) the observed pixels are fitted and the mean approaches the analytic posterior mean
-    (y on the observed pixels, 0 elsewhere). Localisation spreads the step over more directions, so it takes a
-    larger w."""
+    7-dimensional span and cannot fit (trace-normalised w = 1 or 2; w = 8 diverges); with it (radius 1.5 cells:
+    the observed pixel and its 4 neighbours) the observed pixels are fitted and the mean approaches the analytic
+    posterior mean (y on the observed pixels, 0 elsewhere). Localisation spreads the step over more directions, so
+    it takes a larger w."""
     prior = GaussianPrior(torch.zeros(1, S, S), variance=0.25)
     x = prior.sample(1, torch.Generator().manual_seed(0))
     op = EverySecond()
