@@ -36,13 +36,15 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, machine, update_benchmarks_md, write_result  # noqa: E402
+from _common import RESULTS, ROOT, machine, update_benchmarks_md, write_result  # noqa: E402
 
 import invsolve as inv  # noqa: E402
 from invsolve.errors import InvsolveError  # noqa: E402
 from invsolve.eval.metrics import relative_l2  # noqa: E402
 from invsolve.samplers.enkg import budget  # noqa: E402
 from invsolve.tasks.ns import heldout_truth  # noqa: E402
+
+COST_KEYS = ("forward_evaluations", "forward_calls", "network_evaluations", "nfe_per_particle", "vjp_evaluations")
 
 
 def grf_prior(bank_path: str):
@@ -134,6 +136,9 @@ def main(argv=None):
     op = inv.operators.NavierStokes2D(64)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
+    restored = sum(restore_items(work, out) for out in dict.fromkeys(("enkg_ns", a.out)))
+    if restored:
+        print(f"restored {restored} earlier items from benchmarks/results/{a.out}.json into {work}")
     tag = f"{a.prior}_J{a.ensemble}_N{a.steps}_K{a.updates}_i{a.max_inner}_w{a.guidance}_{a.normalize}"
     if a.localize is not None:
         tag += f"_loc{a.localize:g}"
@@ -164,6 +169,30 @@ def main(argv=None):
     summarise(a, cost, work)
 
 
+def restore_items(work: Path, out: str) -> int:
+    """Re-create the per-item JSONs of ``benchmarks/results/<out>.json`` that ``work`` lacks (a fresh checkout has no
+    ``runs/``), so that the summary keeps every earlier row instead of overwriting the committed file with the new
+    items only. Per-field values come back at the 4 decimals the summary stores them with; each restored item says
+    where it came from. Existing items are never touched. Returns how many were restored."""
+    path = RESULTS / f"{out}.json"
+    if not path.exists():
+        return 0
+    work.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for key, s in json.loads(path.read_text()).get("results", {}).items():
+        tag = key.split(" sigma=")[0]
+        for i, f in enumerate(s["fields"]):
+            target = work / f"{tag}_field{f}_sigma{s['sigma']:g}.json"
+            if target.exists():
+                continue
+            r = {m: s[m]["per_field"][i] for m in ("rel_l2_mean", "rel_l2_particles", "data_misfit", "seconds")}
+            r.update({m: s[m] for m in COST_KEYS if m in s})
+            r.update(method=s["method"], field=f, sigma=s["sigma"], tag=tag, restored_from=f"{path.name} {key!r}")
+            target.write_text(json.dumps(r, indent=1))
+            n += 1
+    return n
+
+
 def summarise(a, cost, work: Path):
     rows = [json.loads(p.read_text()) for p in sorted(work.glob("*.json"))]
     table = {}
@@ -178,7 +207,7 @@ def summarise(a, cost, work: Path):
         for m in ("rel_l2_mean", "rel_l2_particles", "data_misfit", "seconds"):
             v = np.array([r[m] for r in rs])
             s[m] = {"mean": float(v.mean()), "std": float(v.std()), "per_field": [round(float(t), 4) for t in v]}
-        for m in ("forward_evaluations", "forward_calls", "network_evaluations", "nfe_per_particle", "vjp_evaluations"):
+        for m in COST_KEYS:
             if m in rs[0]:
                 s[m] = rs[0][m]
         summary[k] = s

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, machine, write_result  # noqa: E402
+from _common import RESULTS, ROOT, machine, write_result  # noqa: E402
 
 WORK = Path("runs/enkg_ns_tune")
 
@@ -43,6 +43,23 @@ def _problem(a):
     if a.noise > 0:
         y = y + a.noise * torch.randn(y.shape, generator=torch.Generator().manual_seed(1000 + a.field))
     return op, x_true, y
+
+
+def restore_runs() -> int:
+    """Write the runs recorded in ``benchmarks/results/enkg_ns_validation.json`` that ``WORK`` lacks (a fresh
+    checkout has no ``runs/``), so that ``--summary`` keeps every earlier run instead of overwriting the committed
+    file with the new ones only. Returns how many were restored; existing files are never touched."""
+    path = RESULTS / "enkg_ns_validation.json"
+    if not path.exists():
+        return 0
+    WORK.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for tag, row in json.loads(path.read_text()).get("runs", {}).items():
+        target = WORK / f"{tag}.json"
+        if not target.exists():
+            target.write_text(json.dumps(row, indent=1))
+            n += 1
+    return n
 
 
 def run(a) -> dict:
@@ -105,6 +122,7 @@ def main(argv=None):
         torch.set_num_threads(1)
         return data_fit(a)
     if a.summary:
+        restore_runs()
         rows = {p.stem: json.loads(p.read_text()) for p in sorted(WORK.glob("*.json"))}
         path = write_result("enkg_ns_validation", {
             "benchmark": "EnKG knob sweep on a Navier-Stokes validation field (held-out stream index 7)",

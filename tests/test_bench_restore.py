@@ -1,0 +1,40 @@
+"""Benchmark scripts keep earlier measurements: a fresh checkout has no ``runs/`` work directory, and a summary built
+from new items only would overwrite the committed results file with fewer rows (nothing computed may be lost)."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+
+@pytest.fixture(scope="module")
+def bench():
+    import bench_enkg_ns
+
+    return bench_enkg_ns
+
+
+def test_restored_items_reproduce_the_committed_summary(bench, tmp_path):
+    committed = json.loads((BENCH / "results" / "enkg_ns.json").read_text())["results"]
+    n = bench.restore_items(tmp_path, "enkg_ns")
+    assert n == sum(s["n_fields"] for s in committed.values()) > 0
+    for key, s in committed.items():
+        tag = key.split(" sigma=")[0]
+        items = [json.loads((tmp_path / f"{tag}_field{f}_sigma{s['sigma']:g}.json").read_text()) for f in s["fields"]]
+        assert all(r["method"] == s["method"] and r["restored_from"].startswith("enkg_ns.json") for r in items)
+        # per-field values are stored at 4 decimals, so the recomputed mean agrees to that precision
+        assert np.mean([r["rel_l2_mean"] for r in items]) == pytest.approx(s["rel_l2_mean"]["mean"], abs=1e-4)
+        assert items[0].get("forward_evaluations") == s.get("forward_evaluations")
+
+
+def test_restore_never_overwrites_an_existing_item(bench, tmp_path):
+    bench.restore_items(tmp_path, "enkg_ns")
+    victim = sorted(tmp_path.glob("*.json"))[0]
+    victim.write_text('{"mine": 1}')
+    assert bench.restore_items(tmp_path, "enkg_ns") == 0
+    assert json.loads(victim.read_text()) == {"mine": 1}
+    assert bench.restore_items(tmp_path, "no_such_results_file") == 0
