@@ -25,13 +25,18 @@ def machine() -> dict:
     }
 
 
-def write_result(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def write_json(path: Path, payload, indent: int = 1) -> Path:
+    """Write ``payload`` to ``path`` atomically (a temporary file that ``*.json`` globs skip, then a rename), so a
+    concurrent reader or a killed writer never leaves a half-written file."""
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
+    tmp.write_text(json.dumps(payload, indent=indent))
     os.replace(tmp, path)
     return path
+
+
+def write_result(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    return write_json(RESULTS / f"{name}.json", payload, indent=2)
 
 
 def update_benchmarks_md(section: str, body: str) -> None:

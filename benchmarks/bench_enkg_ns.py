@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, ROOT, machine, update_benchmarks_md, write_result  # noqa: E402
+from _common import RESULTS, ROOT, machine, update_benchmarks_md, write_json, write_result  # noqa: E402
 
 import invsolve as inv  # noqa: E402
 from invsolve.errors import InvsolveError  # noqa: E402
@@ -166,9 +166,7 @@ def main(argv=None):
                 except InvsolveError as e:  # e.g. the solver blew up on a DPS iterate: record it
                     r = {"failed": f"{type(e).__name__}: {str(e).splitlines()[0]}"}
                 r.update(method=m, field=f, sigma=sigma, tag=mtag)
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(r, indent=1))
-                os.replace(tmp, path)
+                write_json(path, r)
                 print("   ", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}, flush=True)
     summarise(a, cost, work)
 
@@ -192,7 +190,7 @@ def restore_items(work: Path, out: str) -> int:
             r = {m: s[m]["per_field"][i] for m in ("rel_l2_mean", "rel_l2_particles", "data_misfit", "seconds")}
             r.update({m: s[m] for m in COST_KEYS if m in s})
             r.update(method=s["method"], field=f, sigma=s["sigma"], tag=tag, restored_from=f"{path.name} {key!r}")
-            target.write_text(json.dumps(r, indent=1))
+            write_json(target, r)
             n += 1
     return n
 

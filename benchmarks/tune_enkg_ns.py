@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, ROOT, machine, write_result  # noqa: E402
+from _common import RESULTS, ROOT, machine, write_json, write_result  # noqa: E402
 
 WORK = Path("runs/enkg_ns_tune")
 
@@ -57,7 +57,7 @@ def restore_runs() -> int:
     for tag, row in json.loads(path.read_text()).get("runs", {}).items():
         target = WORK / f"{tag}.json"
         if not target.exists():
-            target.write_text(json.dumps(row, indent=1))
+            write_json(target, row)
             n += 1
     return n
 
@@ -139,7 +139,7 @@ def main(argv=None):
     torch.set_num_threads(1)
     WORK.mkdir(parents=True, exist_ok=True)
     r = run(a)
-    (WORK / f"{a.tag}.json").write_text(json.dumps(r, indent=1))
+    write_json(WORK / f"{a.tag}.json", r)
     print({k: v for k, v in r.items() if k != "misfit_trajectory"})
 
 
