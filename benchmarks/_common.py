@@ -25,6 +25,23 @@ def machine() -> dict:
     }
 
 
+def prior_revision(name_or_path: str) -> str:
+    """First 12 hex digits of the SHA-256 of a prior's weights file(s) (embedded name or directory), so that results
+    computed with other weights of the same name are never mixed; non-file priors (e.g. ``grf``) return the name."""
+    import hashlib
+
+    from invsolve.priors.registry import _embedded
+
+    d = _embedded().get(name_or_path) or Path(name_or_path)
+    files = sorted(Path(d).glob("*.safetensors")) if Path(d).is_dir() else []
+    if not files:
+        return str(name_or_path)
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def write_json(path: Path, payload, indent: int = 1) -> Path:
     """Write ``payload`` to ``path`` atomically (a temporary file that ``*.json`` globs skip, then a rename), so a
     concurrent reader or a killed writer never leaves a half-written file."""

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, ROOT, machine, update_benchmarks_md, write_json, write_result  # noqa: E402
+from _common import RESULTS, ROOT, machine, prior_revision, update_benchmarks_md, write_json, write_result  # noqa: E402,E501
 
 import invsolve as inv  # noqa: E402
 from invsolve.errors import InvsolveError  # noqa: E402
@@ -46,6 +46,9 @@ from invsolve.eval.metrics import relative_l2  # noqa: E402
 from invsolve.samplers.enkg import budget  # noqa: E402
 from invsolve.tasks.ns import heldout_truth  # noqa: E402
 
+# Weights of the first embedded ns-vorticity (4000 CPU steps on 256 fields); items and results written before
+# revisions were recorded were all computed with it.
+LEGACY_REVISION = "bbde8671d8d8"
 COST_KEYS = ("forward_evaluations", "forward_calls", "network_evaluations", "nfe_per_particle", "vjp_evaluations")
 
 
@@ -138,9 +141,11 @@ def main(argv=None):
     prior = grf_prior("runs/ns_bank256.npy") if a.prior == "grf" else inv.load_prior(a.prior)
     w, names = heldout_truth(a.fields, 64, 64, cache=a.test_cache)
     op = inv.operators.NavierStokes2D(64)
+    a.prior_revision = prior_revision(a.prior)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    restored = 0 if a.no_restore else sum(restore_items(work, out) for out in dict.fromkeys(("enkg_ns", a.out)))
+    restored = 0 if a.no_restore else sum(restore_items(work, out, a.prior_revision)
+                                          for out in dict.fromkeys(("enkg_ns", a.out)))
     if restored:
         print(f"restored {restored} earlier items from the committed results into {work} (--no-restore: re-measure)")
     tag = f"{a.prior}_J{a.ensemble}_N{a.steps}_K{a.updates}_i{a.max_inner}_w{a.guidance}_{a.normalize}"
@@ -157,7 +162,7 @@ def main(argv=None):
                 mtag = {"unguided": f"unguided_{a.prior}_J{a.ensemble}_N{a.steps}", "enkg": f"enkg_{tag}",
                         "dps-gsg": f"gsg_{a.prior}_S{a.gsg_steps}_Q{a.gsg_queries}_s{a.gsg_scale}_{a.gsg_jacobian}",
                         "dps": f"dps_{a.prior}_S{a.dps_steps}_s{a.dps_scale}"}[m]
-                path = work / f"{mtag}_field{f}_sigma{sigma:g}.json"
+                path = work / f"{mtag}_field{f}_sigma{sigma:g}{_suffix(a.prior_revision)}.json"
                 if path.exists():
                     continue
                 print(f"[{time.strftime('%H:%M:%S')}] {m} field {f} sigma {sigma} ...", flush=True)
@@ -165,31 +170,45 @@ def main(argv=None):
                     r = run_one(m, prior, op, y, x_true, seed=f, a=a)
                 except InvsolveError as e:  # e.g. the solver blew up on a DPS iterate: record it
                     r = {"failed": f"{type(e).__name__}: {str(e).splitlines()[0]}"}
-                r.update(method=m, field=f, sigma=sigma, tag=mtag)
+                r.update(method=m, field=f, sigma=sigma, tag=mtag, prior_revision=a.prior_revision)
                 write_json(path, r)
                 print("   ", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}, flush=True)
     summarise(a, cost, work)
 
 
-def restore_items(work: Path, out: str) -> int:
+def _revision(item: dict) -> str:
+    return item.get("prior_revision", LEGACY_REVISION)
+
+
+def _suffix(revision: str) -> str:
+    """Item-file suffix: items of other weights than the legacy ones get their own files (none is overwritten)."""
+    return "" if revision == LEGACY_REVISION else f"_rev{revision}"
+
+
+def restore_items(work: Path, out: str, revision: str = LEGACY_REVISION) -> int:
     """Re-create the per-item JSONs of ``benchmarks/results/<out>.json`` that ``work`` lacks (a fresh checkout has no
     ``runs/``), so that the summary keeps every earlier row instead of overwriting the committed file with the new
     items only. Per-field values come back at the 4 decimals the summary stores them with; each restored item says
-    where it came from. Existing items are never touched. Returns how many were restored."""
+    where it came from. Existing items are never touched, and results of other prior weights (``revision``) are not
+    restored. Returns how many were restored."""
     path = RESULTS / f"{out}.json"
     if not path.exists():
         return 0
+    committed = json.loads(path.read_text())
+    if committed.get("settings", {}).get("prior_revision", LEGACY_REVISION) != revision:
+        return 0
     work.mkdir(parents=True, exist_ok=True)
     n = 0
-    for key, s in json.loads(path.read_text()).get("results", {}).items():
+    for key, s in committed.get("results", {}).items():
         tag = key.split(" sigma=")[0]
         for i, f in enumerate(s["fields"]):
-            target = work / f"{tag}_field{f}_sigma{s['sigma']:g}.json"
+            target = work / f"{tag}_field{f}_sigma{s['sigma']:g}{_suffix(revision)}.json"
             if target.exists():
                 continue
             r = {m: s[m]["per_field"][i] for m in ("rel_l2_mean", "rel_l2_particles", "data_misfit", "seconds")}
             r.update({m: s[m] for m in COST_KEYS if m in s})
-            r.update(method=s["method"], field=f, sigma=s["sigma"], tag=tag, restored_from=f"{path.name} {key!r}")
+            r.update(method=s["method"], field=f, sigma=s["sigma"], tag=tag, prior_revision=revision,
+                     restored_from=f"{path.name} {key!r}")
             write_json(target, r)
             n += 1
     return n
@@ -199,7 +218,7 @@ def summarise(a, cost, work: Path):
     rows = [json.loads(p.read_text()) for p in sorted(work.glob("*.json"))]
     table = {}
     for r in rows:
-        if r["field"] not in a.fields or r.get("failed"):
+        if r["field"] not in a.fields or r.get("failed") or _revision(r) != a.prior_revision:
             continue
         table.setdefault(f"{r['tag']} sigma={r['sigma']:g}", []).append(r)
     summary = {}
@@ -213,7 +232,8 @@ def summarise(a, cost, work: Path):
             if m in rs[0]:
                 s[m] = rs[0][m]
         summary[k] = s
-    failed = [f"{r['tag']} field {r['field']} sigma {r['sigma']}: {r['failed']}" for r in rows if r.get("failed")]
+    failed = [f"{r['tag']} field {r['field']} sigma {r['sigma']}: {r['failed']}" for r in rows
+              if r.get("failed") and _revision(r) == a.prior_revision]
     payload = {"benchmark": "EnKG Navier-Stokes 64x64 held-out", "settings": vars(a), "enkg_budget": cost,
                "machine": machine(), "results": summary, "failed": failed,
                "reproduce": "nice -n 10 python benchmarks/bench_enkg_ns.py " + " ".join(_argv_without_remark())}

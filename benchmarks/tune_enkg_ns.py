@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, ROOT, machine, write_json, write_result  # noqa: E402
+from _common import RESULTS, ROOT, machine, prior_revision, write_json, write_result  # noqa: E402
 
 WORK = Path("runs/enkg_ns_tune")
 
@@ -68,14 +68,15 @@ def run(a) -> dict:
 
     op, x_true, y = _problem(a)
     t0 = time.time()
-    res = inv.solve(y, op, prior=inv.load_prior("ns-vorticity"), sampler="enkg", seed=a.field,
+    res = inv.solve(y, op, prior=inv.load_prior(a.prior), sampler="enkg", seed=a.field,
                     ensemble_size=a.ensemble, steps=a.steps, updates=a.updates, guidance=a.guidance,
                     max_inner=a.max_inner, normalize=a.normalize, kalman_reg=a.kalman_reg, thr_start=a.thr_start,
                     localize=a.localize, batch=64)
     parts = res.info["particles"][0]
     with torch.no_grad():
         fit = float((op(res.x.cpu()) - y).norm() / y.norm())
-    return dict(ensemble=a.ensemble, steps=a.steps, updates=a.updates, max_inner=a.max_inner, guidance=a.guidance,
+    return dict(prior=a.prior, prior_revision=prior_revision(a.prior),
+                ensemble=a.ensemble, steps=a.steps, updates=a.updates, max_inner=a.max_inner, guidance=a.guidance,
                 normalize=a.normalize, kalman_reg=a.kalman_reg, thr_start=a.thr_start, field=a.field, noise=a.noise,
                 localize=a.localize, rel_l2_mean=relative_l2(res.x.cpu(), x_true)[0],
                 rel_l2_particles=float(np.mean(relative_l2(parts, x_true.expand_as(parts)))), data_misfit=fit,
@@ -112,6 +113,8 @@ def main(argv=None):
     ap.add_argument("--thr-start", type=float, default=0.05)
     ap.add_argument("--localize", type=float, default=None, help="localisation radius in grid cells (extension)")
     ap.add_argument("--field", type=int, default=7)
+    ap.add_argument("--prior", default="ns-vorticity", help="embedded prior name or a prior directory")
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--noise", type=float, default=0.0)
     ap.add_argument("--tag")
     ap.add_argument("--summary", action="store_true")
@@ -128,7 +131,10 @@ def main(argv=None):
             "benchmark": "EnKG knob sweep on a Navier-Stokes validation field (held-out stream index 7)",
             "machine": machine(), "runs": rows,
             "reproduce": "python benchmarks/tune_enkg_ns.py --ensemble J --steps N --updates K --max-inner n "
-                         "--guidance w --normalize NORM [--kalman-reg r] [--thr-start t] [--localize R] --tag TAG"})
+                         "--guidance w --normalize NORM [--kalman-reg r] [--thr-start t] [--localize R] [--prior P] "
+                         "--tag TAG",
+            "prior_revisions": "rows without prior_revision used the stage-1 ns-vorticity weights (bbde8671d8d8); "
+                               "rows tagged ft_ the stage-2 weights (b9a35012586c)"})
         for k, r in rows.items():
             print(f"{k:40s} relL2 mean {r['rel_l2_mean']:.3f} particles {r['rel_l2_particles']:.3f} "
                   f"misfit {r['data_misfit']:.3f} fwd {r['forward_evaluations']} {r['seconds']:.0f}s")
@@ -136,7 +142,7 @@ def main(argv=None):
         return
     if not a.tag:
         ap.error("--tag is required for a run")
-    torch.set_num_threads(1)
+    torch.set_num_threads(a.threads)
     WORK.mkdir(parents=True, exist_ok=True)
     r = run(a)
     write_json(WORK / f"{a.tag}.json", r)

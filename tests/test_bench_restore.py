@@ -18,23 +18,48 @@ def bench():
     return bench_enkg_ns
 
 
+def _committed(bench):
+    payload = json.loads((BENCH / "results" / "enkg_ns.json").read_text())
+    return payload["results"], payload["settings"].get("prior_revision", bench.LEGACY_REVISION)
+
+
 def test_restored_items_reproduce_the_committed_summary(bench, tmp_path):
-    committed = json.loads((BENCH / "results" / "enkg_ns.json").read_text())["results"]
-    n = bench.restore_items(tmp_path, "enkg_ns")
+    committed, rev = _committed(bench)
+    n = bench.restore_items(tmp_path, "enkg_ns", rev)
     assert n == sum(s["n_fields"] for s in committed.values()) > 0
     for key, s in committed.items():
         tag = key.split(" sigma=")[0]
-        items = [json.loads((tmp_path / f"{tag}_field{f}_sigma{s['sigma']:g}.json").read_text()) for f in s["fields"]]
+        items = [json.loads((tmp_path / f"{tag}_field{f}_sigma{s['sigma']:g}{bench._suffix(rev)}.json").read_text())
+                 for f in s["fields"]]
         assert all(r["method"] == s["method"] and r["restored_from"].startswith("enkg_ns.json") for r in items)
+        assert all(r["prior_revision"] == rev for r in items)
         # per-field values are stored at 4 decimals, so the recomputed mean agrees to that precision
         assert np.mean([r["rel_l2_mean"] for r in items]) == pytest.approx(s["rel_l2_mean"]["mean"], abs=1e-4)
         assert items[0].get("forward_evaluations") == s.get("forward_evaluations")
 
 
 def test_restore_never_overwrites_an_existing_item(bench, tmp_path):
-    bench.restore_items(tmp_path, "enkg_ns")
+    _, rev = _committed(bench)
+    bench.restore_items(tmp_path, "enkg_ns", rev)
     victim = sorted(tmp_path.glob("*.json"))[0]
     victim.write_text('{"mine": 1}')
-    assert bench.restore_items(tmp_path, "enkg_ns") == 0
+    assert bench.restore_items(tmp_path, "enkg_ns", rev) == 0
     assert json.loads(victim.read_text()) == {"mine": 1}
     assert bench.restore_items(tmp_path, "no_such_results_file") == 0
+
+
+def test_results_of_other_prior_weights_are_not_restored(bench, tmp_path):
+    _, rev = _committed(bench)
+    assert bench.restore_items(tmp_path, "enkg_ns", "0" * 12 if rev != "0" * 12 else "1" * 12) == 0
+    assert not list(tmp_path.glob("*.json"))
+
+
+def test_prior_revision_names_the_weights(tmp_path):
+    from _common import prior_revision
+
+    rev = prior_revision("ns-vorticity")
+    assert len(rev) == 12 and int(rev, 16) >= 0
+    (tmp_path / "a.safetensors").write_bytes(b"weights")
+    other = prior_revision(str(tmp_path))
+    assert other != rev and len(other) == 12
+    assert prior_revision("grf") == "grf"  # not a file-backed prior
