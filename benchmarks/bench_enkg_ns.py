@@ -269,7 +269,8 @@ def markdown(payload: dict) -> str:
     lines = [
         f"## Navier-Stokes initial-state inversion (64x64, held-out fields): {title}",
         "",
-        f"Observations: vorticity at T = 1 on every 2nd grid point (32x32). Prior `{st['prior']}`. EnKG (as in "
+        f"Observations: vorticity at T = 1 on every 2nd grid point (32x32). Prior `{st['prior']}` (weights "
+        f"{st.get('prior_revision', LEGACY_REVISION)}). EnKG (as in "
         "the reproduce command): J = "
         f"{st['ensemble']} particles, N = {st['steps']}, K = {st['updates']}, w = {st['guidance']} ({st['normalize']}),"
         + (f" localisation radius {st['localize']:g} cells," if st.get("localize") is not None else "") +
