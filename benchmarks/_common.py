@@ -30,9 +30,13 @@ def prior_revision(name_or_path: str) -> str:
     computed with other weights of the same name are never mixed; non-file priors (e.g. ``grf``) return the name."""
     import hashlib
 
-    from invsolve.priors.registry import _embedded
+    from invsolve.errors import InvsolveError
+    from invsolve.priors.registry import prior_dir
 
-    d = _embedded().get(name_or_path) or Path(name_or_path)
+    try:
+        d = prior_dir(name_or_path)
+    except InvsolveError:  # not an embedded name: a directory, or a non-file prior
+        d = Path(name_or_path)
     files = sorted(Path(d).glob("*.safetensors")) if Path(d).is_dir() else []
     if not files:
         return str(name_or_path)

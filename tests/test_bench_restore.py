@@ -63,3 +63,13 @@ def test_prior_revision_names_the_weights(tmp_path):
     other = prior_revision(str(tmp_path))
     assert other != rev and len(other) == 12
     assert prior_revision("grf") == "grf"  # not a file-backed prior
+
+
+def test_stage2_recipe_continues_the_stage1_architecture():
+    """``ns-vorticity-stage2.yaml`` restates stage 1's model and prior sections (it starts from its weights)."""
+    from invsolve.train import load_recipe
+
+    root = BENCH.parent / "configs" / "train"
+    s1, s2 = load_recipe(root / "ns-vorticity.yaml"), load_recipe(root / "ns-vorticity-stage2.yaml")
+    assert s2.model == s1.model and s2.prior == s1.prior and s2.name == s1.name
+    assert s2.train.init_from == s1.export.dir == s2.export.dir
