@@ -13,6 +13,9 @@ Methods (same prior, measurements and seeds):
 * ``dps-gsg``: DPS with a central Gaussian-smoothing gradient (Q queries + 1 per step), steps chosen so that its
   forward evaluations equal EnKG's (``J K guided``).
 * ``dps``: DPS with autograd through the differentiable solver (1 forward + 1 VJP of the solver per step).
+* ``lsq``: no prior at all — Adam (lr 0.02, ``--lsq-iters`` steps from 0) on the data misfit through the
+  differentiable solver: how much of the field the 32x32 observations alone determine (a reference, not a method
+  for black boxes).
 
 Per-item results go to ``--work`` (one JSON per method/field/noise; a killed run resumes); the summary to
 ``benchmarks/results/enkg_ns.json``. Items of the committed results that ``--work`` lacks (a fresh checkout) are
@@ -72,7 +75,8 @@ def run_one(method, prior, op, y, x_true, seed, a) -> dict:
     t0 = time.time()
     if method in ("unguided", "enkg"):
         kw = dict(ensemble_size=a.ensemble, steps=a.steps, updates=0 if method == "unguided" else a.updates,
-                  guidance=a.guidance, max_inner=a.max_inner, normalize=a.normalize, batch=a.batch, localize=a.localize)
+                  guidance=a.guidance, max_inner=a.max_inner, inner_div=a.inner_div, normalize=a.normalize,
+                  batch=a.batch, localize=a.localize)
         res = inv.solve(y, op, prior=prior, sampler="enkg", seed=seed, **kw)
         parts = res.info["particles"][0]
         info = {k: res.info[k] for k in ("nfe_per_particle", "network_evaluations", "forward_calls",
@@ -91,14 +95,31 @@ def run_one(method, prior, op, y, x_true, seed, a) -> dict:
         parts = res.x
         info = {"network_evaluations": res.nfe, "forward_evaluations": a.dps_steps, "vjp_evaluations": a.dps_steps,
                 "forward_calls": a.dps_steps, "steps": a.dps_steps}
+    elif method == "lsq":
+        x = data_fit(op, y, a.lsq_iters)
+        parts = x
+        info = {"network_evaluations": 0, "forward_evaluations": a.lsq_iters, "vjp_evaluations": a.lsq_iters,
+                "forward_calls": a.lsq_iters, "steps": a.lsq_iters}
     else:
         raise ValueError(method)
-    x = res.x.cpu()
+    x = x if method == "lsq" else res.x.cpu()
     with torch.no_grad():
         fit = float((op(x) - y).norm() / y.norm())
     return dict(info, rel_l2_mean=relative_l2(x, x_true)[0],
                 rel_l2_particles=float(np.mean(relative_l2(parts, x_true.expand_as(parts)))),
                 data_misfit=fit, seconds=time.time() - t0, seed=seed)
+
+
+def data_fit(op, y: torch.Tensor, iters: int, lr: float = 0.02) -> torch.Tensor:
+    """No prior: Adam from 0 on ``1/2 ||G(x) - y||^2`` (prior units) with autograd through the solver, ``iters`` steps.
+    What the observations alone pin down (a reference, not a competitor: it needs gradients and ignores the prior)."""
+    x = torch.zeros((1, 1, op.image_size, op.image_size), requires_grad=True)
+    opt = torch.optim.Adam([x], lr=lr)
+    for _ in range(iters):
+        opt.zero_grad()
+        (0.5 * ((op(x) - y) ** 2).sum()).backward()
+        opt.step()
+    return x.detach()
 
 
 def main(argv=None):
@@ -112,6 +133,8 @@ def main(argv=None):
     ap.add_argument("--updates", type=int, default=2)
     ap.add_argument("--guidance", type=float, default=1.0)
     ap.add_argument("--max-inner", type=int, default=20)
+    ap.add_argument("--inner-div", type=int, default=4,
+                    help="EnKG inner steps n_i = min(1 + (N - i) // DIV, max_inner)")
     ap.add_argument("--normalize", default="trace")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--localize", type=float, default=None,
@@ -123,6 +146,10 @@ def main(argv=None):
     ap.add_argument("--dps-steps", type=int, default=100)
     ap.add_argument("--dps-scale", type=float, default=1.0)
     ap.add_argument("--clip", type=float, default=2.0)
+    ap.add_argument("--lsq-iters", type=int, default=160, help="Adam steps of the no-prior data fit (method lsq)")
+    ap.add_argument("--max-solver-steps", type=int, default=20_000,
+                    help="time-step bound of one solve (in-range fields need 300-1000): a diverging iterate "
+                         "fails the item quickly instead of keeping the solver busy for hours")
     ap.add_argument("--test-cache", default="runs/ns_bank_test.npy")
     ap.add_argument("--work", default="runs/enkg_ns")
     ap.add_argument("--out", default="enkg_ns")
@@ -134,13 +161,13 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     os.chdir(ROOT)
 
-    cost = budget(a.ensemble, steps=a.steps, updates=a.updates, max_inner=a.max_inner)
+    cost = budget(a.ensemble, steps=a.steps, updates=a.updates, max_inner=a.max_inner, inner_div=a.inner_div)
     # DPS-GSG at EnKG's forward budget: (1 + 2 (Q // 2)) evaluations per step (central estimator)
     per_step = 1 + 2 * (a.gsg_queries // 2)
     a.gsg_steps = max(1, cost["forward_evaluations"] // per_step)
     prior = grf_prior("runs/ns_bank256.npy") if a.prior == "grf" else inv.load_prior(a.prior)
     w, names = heldout_truth(a.fields, 64, 64, cache=a.test_cache)
-    op = inv.operators.NavierStokes2D(64)
+    op = inv.operators.NavierStokes2D(64, max_steps=a.max_solver_steps)
     a.prior_revision = prior_revision(a.prior)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -151,6 +178,8 @@ def main(argv=None):
     tag = f"{a.prior}_J{a.ensemble}_N{a.steps}_K{a.updates}_i{a.max_inner}_w{a.guidance}_{a.normalize}"
     if a.localize is not None:
         tag += f"_loc{a.localize:g}"
+    if a.inner_div != 4:
+        tag += f"_div{a.inner_div}"
     for sigma in a.noise:
         for f, wf in zip(a.fields, w):
             x_true = wf[None] / op.scale
@@ -161,7 +190,8 @@ def main(argv=None):
             for m in a.methods:
                 mtag = {"unguided": f"unguided_{a.prior}_J{a.ensemble}_N{a.steps}", "enkg": f"enkg_{tag}",
                         "dps-gsg": f"gsg_{a.prior}_S{a.gsg_steps}_Q{a.gsg_queries}_s{a.gsg_scale}_{a.gsg_jacobian}",
-                        "dps": f"dps_{a.prior}_S{a.dps_steps}_s{a.dps_scale}"}[m]
+                        "dps": f"dps_{a.prior}_S{a.dps_steps}_s{a.dps_scale}",
+                        "lsq": f"lsq_noprior_adam{a.lsq_iters}"}[m]
                 path = work / f"{mtag}_field{f}_sigma{sigma:g}{_suffix(a.prior_revision)}.json"
                 if path.exists():
                     continue
@@ -265,7 +295,9 @@ def markdown(payload: dict) -> str:
     others = [m for m in ("dps-gsg", "dps", "unguided") if m in present]
     title = "EnKG" + "".join(f" vs {m.upper() if m != 'unguided' else 'unguided'}" for m in others)
     baselines = ("DPS-GSG at the same number of forward solves. " if "dps-gsg" in present else "") + \
-        ("DPS with autograd through the solver. " if "dps" in present else "")
+        ("DPS with autograd through the solver. " if "dps" in present else "") + \
+        ("lsq: no prior, Adam on the data misfit through the differentiable solver (what the observations alone "
+         "determine; a reference, not a black-box method). " if "lsq" in present else "")
     lines = [
         f"## Navier-Stokes initial-state inversion (64x64, held-out fields): {title}",
         "",
@@ -274,11 +306,13 @@ def markdown(payload: dict) -> str:
         "the reproduce command): J = "
         f"{st['ensemble']} particles, N = {st['steps']}, K = {st['updates']}, w = {st['guidance']} ({st['normalize']}),"
         + (f" localisation radius {st['localize']:g} cells," if st.get("localize") is not None else "") +
-        f" inner steps <= {st['max_inner']}: {c['nfe_per_particle']} network calls per particle, "
+        f" inner steps min(1 + (N - i) // {st.get('inner_div', 4)}, {st['max_inner']}): "
+        f"{c['nfe_per_particle']} network calls per particle, "
         f"{c['forward_evaluations']} forward solves in {c['forward_calls']} batched calls per field. {baselines}"
         "EnKG rows name their settings: J particles, N outer steps, K updates, inner-step cap i, step w, weighting, "
-        "loc = covariance-localisation radius in grid cells (our extension). Relative L2 (raw units) of the "
-        f"ensemble mean / averaged over particles; mean ± std over fields. {payload['machine']['device']}.",
+        "loc = covariance-localisation radius in grid cells (our extension), div = inner-step divisor (4 if absent). "
+        "Relative L2 (raw units) of the ensemble mean / averaged over particles; mean ± std over fields. "
+        f"{payload['machine']['device']}.",
         "",
         "| method | noise sigma | fields | rel. L2 (mean) | rel. L2 (per particle) | data misfit | forward solves |"
         " seconds |",
@@ -289,6 +323,8 @@ def markdown(payload: dict) -> str:
                      f"{s['rel_l2_mean']['mean']:.3f} ± {s['rel_l2_mean']['std']:.3f} | "
                      f"{s['rel_l2_particles']['mean']:.3f} | {s['data_misfit']['mean']:.3f} | "
                      f"{s.get('forward_evaluations', '')} | {s['seconds']['mean']:.0f} |")
+    if payload.get("failed"):
+        lines += ["", "Failed items (not in the rows above):", ""] + [f"- {f}" for f in payload["failed"]]
     if payload["settings"].get("remark"):
         lines += ["", payload["settings"]["remark"]]
     lines += ["", f"Reproduce: `{payload['reproduce']}`"]

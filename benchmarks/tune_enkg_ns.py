@@ -70,14 +70,15 @@ def run(a) -> dict:
     t0 = time.time()
     res = inv.solve(y, op, prior=inv.load_prior(a.prior), sampler="enkg", seed=a.field,
                     ensemble_size=a.ensemble, steps=a.steps, updates=a.updates, guidance=a.guidance,
-                    max_inner=a.max_inner, normalize=a.normalize, kalman_reg=a.kalman_reg, thr_start=a.thr_start,
-                    localize=a.localize, batch=64)
+                    max_inner=a.max_inner, inner_div=a.inner_div, normalize=a.normalize, kalman_reg=a.kalman_reg,
+                    thr_start=a.thr_start, localize=a.localize, batch=64)
     parts = res.info["particles"][0]
     with torch.no_grad():
         fit = float((op(res.x.cpu()) - y).norm() / y.norm())
     return dict(prior=a.prior, prior_revision=prior_revision(a.prior),
-                ensemble=a.ensemble, steps=a.steps, updates=a.updates, max_inner=a.max_inner, guidance=a.guidance,
-                normalize=a.normalize, kalman_reg=a.kalman_reg, thr_start=a.thr_start, field=a.field, noise=a.noise,
+                ensemble=a.ensemble, steps=a.steps, updates=a.updates, max_inner=a.max_inner, inner_div=a.inner_div,
+                guidance=a.guidance, normalize=a.normalize, kalman_reg=a.kalman_reg, thr_start=a.thr_start,
+                field=a.field, noise=a.noise,
                 localize=a.localize, rel_l2_mean=relative_l2(res.x.cpu(), x_true)[0],
                 rel_l2_particles=float(np.mean(relative_l2(parts, x_true.expand_as(parts)))), data_misfit=fit,
                 misfit_trajectory=[round(float(m), 4) for m in res.info["misfit"][:, 0] / y.norm()],
@@ -107,6 +108,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--updates", type=int, default=2)
     ap.add_argument("--max-inner", type=int, default=20)
+    ap.add_argument("--inner-div", type=int, default=4, help="inner steps n_i = min(1 + (N - i) // DIV, max_inner)")
     ap.add_argument("--guidance", type=float, default=1.0)
     ap.add_argument("--normalize", default="trace")
     ap.add_argument("--kalman-reg", type=float, default=1.0)
@@ -131,8 +133,8 @@ def main(argv=None):
             "benchmark": "EnKG knob sweep on a Navier-Stokes validation field (held-out stream index 7)",
             "machine": machine(), "runs": rows,
             "reproduce": "python benchmarks/tune_enkg_ns.py --ensemble J --steps N --updates K --max-inner n "
-                         "--guidance w --normalize NORM [--kalman-reg r] [--thr-start t] [--localize R] [--prior P] "
-                         "--tag TAG",
+                         "[--inner-div d] --guidance w --normalize NORM [--kalman-reg r] [--thr-start t] "
+                         "[--localize R] [--prior P] --tag TAG",
             "prior_revisions": "rows without prior_revision used the stage-1 ns-vorticity weights (bbde8671d8d8); "
                                "rows tagged ft_ the stage-2 weights (b9a35012586c)"})
         for k, r in rows.items():

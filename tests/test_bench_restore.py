@@ -73,3 +73,24 @@ def test_stage2_recipe_continues_the_stage1_architecture():
     s1, s2 = load_recipe(root / "ns-vorticity.yaml"), load_recipe(root / "ns-vorticity-stage2.yaml")
     assert s2.model == s1.model and s2.prior == s1.prior and s2.name == s1.name
     assert s2.train.init_from == s1.export.dir == s2.export.dir
+
+
+def test_no_prior_data_fit_reduces_the_misfit(bench):
+    """The ``lsq`` reference row (Adam through the differentiable solver, no prior) really fits the data."""
+    import torch
+
+    from invsolve.operators import NavierStokes2D
+
+    op = NavierStokes2D(32)
+    g = torch.Generator().manual_seed(0)
+    k = torch.fft.fftfreq(32, 1 / 32)
+    spectrum = 1 / (1 + k[:, None] ** 2 + k[None, :] ** 2) ** 1.5  # smooth random field, about unit size
+    x_true = torch.fft.ifft2(spectrum * torch.fft.fft2(torch.randn(32, 32, generator=g))).real
+    x_true = (x_true / x_true.std() * 0.5)[None, None]
+    with torch.no_grad():
+        y = op(x_true)
+    x = bench.data_fit(op, y, 8)
+    assert x.shape == x_true.shape and not x.requires_grad
+    with torch.no_grad():
+        start = float((op(torch.zeros_like(x)) - y).norm())  # the fit starts from 0 (G(0) != 0: forcing)
+        assert float((op(x) - y).norm()) < 0.9 * start  # a wrong-signed gradient would raise it

@@ -98,6 +98,19 @@ def test_non_finite_input_and_blow_up_raise():
         solve_vorticity(_turbulent(1) * 30, 5.0, dt=0.5)
 
 
+def test_operator_bounds_the_solver_steps():
+    """An input far outside the data range (a diverging sampler iterate) makes the adaptive step tiny; the operator
+    fails after ``max_steps`` steps instead of integrating for hours."""
+    x = gaussian_random_field(2, 16)[:, None] / 10
+    op = NavierStokes2D(16, T=0.2, max_steps=2000)
+    assert op(x).shape == (2, 1, 8, 8)  # in range: well inside the bound
+    with pytest.raises(NonFiniteVorticityError, match="max_steps=2000"):
+        op(x * 1000)
+    with pytest.raises(ValueError, match="max_steps"):
+        NavierStokes2D(16, max_steps=0)
+    assert NavierStokes2D(16).max_steps == 100_000
+
+
 def test_grf_statistics_and_seed_streams():
     g = gaussian_random_field(64, 32, seed=1)
     assert g.shape == (64, 32, 32) and g.dtype == torch.float32
