@@ -106,9 +106,10 @@ def test_operator_bounds_the_solver_steps():
     assert op(x).shape == (2, 1, 8, 8)  # in range: well inside the bound
     with pytest.raises(NonFiniteVorticityError, match="max_steps=2000"):
         op(x * 1000)
-    with pytest.raises(ValueError, match="max_steps"):
-        NavierStokes2D(16, max_steps=0)
-    assert NavierStokes2D(16).max_steps == 100_000
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="max_steps"):
+            NavierStokes2D(16, max_steps=bad)
+    assert NavierStokes2D(16).max_steps == 100_000 and NavierStokes2D(16, max_steps=np.int64(7)).max_steps == 7
 
 
 def test_grf_statistics_and_seed_streams():

@@ -31,6 +31,7 @@ the memory grows with the number of steps (hundreds per time unit).
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable, Optional, Union
 
 import torch
@@ -257,9 +258,9 @@ class NavierStokes2D(Operator):
         max_steps: int = 100_000,
     ):
         super().__init__()
-        if not isinstance(max_steps, int) or max_steps < 1:
+        if isinstance(max_steps, bool) or not isinstance(max_steps, numbers.Integral) or max_steps < 1:
             raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
-        self.max_steps = max_steps
+        self.max_steps = int(max_steps)
         if image_size % 2 or image_size < 4:
             raise ShapeError(f"image_size must be an even integer >= 4, got {image_size}")
         if stride < 1:
