@@ -110,14 +110,18 @@ def run_one(method, prior, op, y, x_true, seed, a) -> dict:
                 data_misfit=fit, seconds=time.time() - t0, seed=seed)
 
 
-def data_fit(op, y: torch.Tensor, iters: int, lr: float = 0.02) -> torch.Tensor:
+def data_fit(op, y: torch.Tensor, iters: int, lr: float = 0.02, callback=None) -> torch.Tensor:
     """No prior: Adam from 0 on ``1/2 ||G(x) - y||^2`` (prior units) with autograd through the solver, ``iters`` steps.
-    What the observations alone pin down (a reference, not a competitor: it needs gradients and ignores the prior)."""
+    What the observations alone pin down (a reference, not a competitor: it needs gradients and ignores the prior).
+    ``callback(it, x, residual)`` (detached) is called before each step."""
     x = torch.zeros((1, 1, op.image_size, op.image_size), requires_grad=True)
     opt = torch.optim.Adam([x], lr=lr)
-    for _ in range(iters):
+    for it in range(iters):
         opt.zero_grad()
-        (0.5 * ((op(x) - y) ** 2).sum()).backward()
+        r = op(x) - y
+        if callback is not None:
+            callback(it, x.detach(), r.detach())
+        (0.5 * r.square().sum()).backward()
         opt.step()
     return x.detach()
 
