@@ -76,11 +76,13 @@ def run_one(method, prior, op, y, x_true, seed, a) -> dict:
     if method in ("unguided", "enkg"):
         kw = dict(ensemble_size=a.ensemble, steps=a.steps, updates=0 if method == "unguided" else a.updates,
                   guidance=a.guidance, max_inner=a.max_inner, inner_div=a.inner_div, normalize=a.normalize,
-                  batch=a.batch, localize=a.localize)
+                  batch=a.batch, localize=a.localize, max_step=a.max_step)
         res = inv.solve(y, op, prior=prior, sampler="enkg", seed=seed, **kw)
         parts = res.info["particles"][0]
         info = {k: res.info[k] for k in ("nfe_per_particle", "network_evaluations", "forward_calls",
                                          "forward_evaluations", "guided_steps")}
+        info["max_step_ratio"] = float(res.info["step_ratio"].max()) if res.info["step_ratio"].numel() else None
+        info["capped_updates"] = int(res.info["capped"].sum())
         info["misfit_first_last"] = [float(res.info["misfit"][0, 0]), float(res.info["misfit"][-1, 0])] \
             if res.info["misfit"].numel() else None
     elif method == "dps-gsg":
@@ -143,6 +145,8 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--localize", type=float, default=None,
                     help="EnKG covariance-localisation radius in grid cells (an extension; default: none)")
+    ap.add_argument("--max-step", type=float, default=None,
+                    help="EnKG trust region: cap each particle's update at MAX_STEP * sigma_i * sqrt(d) (extension)")
     ap.add_argument("--gsg-queries", type=int, default=14)
     ap.add_argument("--gsg-scale", type=float, default=1.0)
     ap.add_argument("--gsg-mu", type=float, default=0.01)
@@ -184,6 +188,8 @@ def main(argv=None):
         tag += f"_loc{a.localize:g}"
     if a.inner_div != 4:
         tag += f"_div{a.inner_div}"
+    if a.max_step is not None:
+        tag += f"_cap{a.max_step:g}"
     for sigma in a.noise:
         for f, wf in zip(a.fields, w):
             x_true = wf[None] / op.scale
@@ -309,12 +315,15 @@ def markdown(payload: dict) -> str:
         f"{st.get('prior_revision', LEGACY_REVISION)}). EnKG (as in "
         "the reproduce command): J = "
         f"{st['ensemble']} particles, N = {st['steps']}, K = {st['updates']}, w = {st['guidance']} ({st['normalize']}),"
-        + (f" localisation radius {st['localize']:g} cells," if st.get("localize") is not None else "") +
+        + (f" localisation radius {st['localize']:g} cells," if st.get("localize") is not None else "")
+        + (f" trust region max_step = {st['max_step']:g} (updates <= max_step sigma_i sqrt(d))," if st.get("max_step")
+           else "") +
         f" inner steps min(1 + (N - i) // {st.get('inner_div', 4)}, {st['max_inner']}): "
         f"{c['nfe_per_particle']} network calls per particle, "
         f"{c['forward_evaluations']} forward solves in {c['forward_calls']} batched calls per field. {baselines}"
         "EnKG rows name their settings: J particles, N outer steps, K updates, inner-step cap i, step w, weighting, "
-        "loc = covariance-localisation radius in grid cells (our extension), div = inner-step divisor (4 if absent). "
+        "loc = covariance-localisation radius in grid cells (our extension), div = inner-step divisor (4 if absent), "
+        "cap = trust region max_step (our extension; none if absent). "
         "Relative L2 (raw units) of the ensemble mean / averaged over particles; mean ± std over fields. "
         f"{payload['machine']['device']}.",
         "",

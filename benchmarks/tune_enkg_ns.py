@@ -37,7 +37,7 @@ def _problem(a):
     from invsolve.tasks.ns import heldout_truth
 
     w, _ = heldout_truth([a.field], 64, 64, cache="runs/ns_bank_test.npy")
-    op = inv.operators.NavierStokes2D(64)
+    op = inv.operators.NavierStokes2D(64, max_steps=a.max_solver_steps)
     x_true = w / op.scale
     with torch.no_grad():
         y = op(x_true)
@@ -72,7 +72,7 @@ def run(a) -> dict:
     res = inv.solve(y, op, prior=inv.load_prior(a.prior), sampler="enkg", seed=a.field,
                     ensemble_size=a.ensemble, steps=a.steps, updates=a.updates, guidance=a.guidance,
                     max_inner=a.max_inner, inner_div=a.inner_div, normalize=a.normalize, kalman_reg=a.kalman_reg,
-                    thr_start=a.thr_start, localize=a.localize, batch=64)
+                    thr_start=a.thr_start, localize=a.localize, max_step=a.max_step, batch=64)
     parts = res.info["particles"][0]
     with torch.no_grad():
         fit = float((op(res.x.cpu()) - y).norm() / y.norm())
@@ -80,9 +80,11 @@ def run(a) -> dict:
                 ensemble=a.ensemble, steps=a.steps, updates=a.updates, max_inner=a.max_inner, inner_div=a.inner_div,
                 guidance=a.guidance, normalize=a.normalize, kalman_reg=a.kalman_reg, thr_start=a.thr_start,
                 field=a.field, noise=a.noise,
-                localize=a.localize, rel_l2_mean=relative_l2(res.x.cpu(), x_true)[0],
+                localize=a.localize, max_step=a.max_step, rel_l2_mean=relative_l2(res.x.cpu(), x_true)[0],
                 rel_l2_particles=float(np.mean(relative_l2(parts, x_true.expand_as(parts)))), data_misfit=fit,
                 misfit_trajectory=[round(float(m), 4) for m in res.info["misfit"][:, 0] / y.norm()],
+                step_ratio_trajectory=[round(float(r), 3) for r in res.info["step_ratio"][:, 0]],
+                capped_updates=int(res.info["capped"].sum()),
                 forward_evaluations=res.info["forward_evaluations"], nfe_per_particle=res.info["nfe_per_particle"],
                 seconds=time.time() - t0)
 
@@ -115,6 +117,10 @@ def main(argv=None):
     ap.add_argument("--kalman-reg", type=float, default=1.0)
     ap.add_argument("--thr-start", type=float, default=0.05)
     ap.add_argument("--localize", type=float, default=None, help="localisation radius in grid cells (extension)")
+    ap.add_argument("--max-step", type=float, default=None,
+                    help="trust region: cap each particle's update at MAX_STEP * sigma_i * sqrt(d) (extension)")
+    ap.add_argument("--max-solver-steps", type=int, default=20_000,
+                    help="NavierStokes2D max_steps: a diverging particle fails after minutes (as bench_enkg_ns.py)")
     ap.add_argument("--field", type=int, default=7, help="validation field (7, 8 or 9; 0-2 are the reported ones)")
     ap.add_argument("--prior", default="ns-vorticity", help="embedded prior name or a prior directory")
     ap.add_argument("--threads", type=int, default=1)

@@ -13,7 +13,7 @@ from invsolve.operators.blackbox import BlackBox, BlackBoxError
 from invsolve.operators.phase_retrieval import PhaseRetrieval, SaturatingBlur, as_black_box
 from invsolve.priors.gaussian import GaussianPrior
 from invsolve.samplers.dps_gsg import gsg_gradient
-from invsolve.samplers.enkg import NonFiniteEnsembleError, budget, kalman_step
+from invsolve.samplers.enkg import NonFiniteEnsembleError, budget, cap_norm, kalman_step
 
 D, M_OBS = 16, 6
 A = np.random.default_rng(0).standard_normal((M_OBS, D)).astype(np.float32) / np.sqrt(D)
@@ -93,6 +93,29 @@ def test_kalman_step_does_not_move_a_fitting_ensemble(normalize):
     torch.testing.assert_close(kalman_step(x, g, torch.ones(1, 2), 2.0, normalize), x)
 
 
+@pytest.mark.parametrize("normalize", ["trace", "kalman"])
+def test_max_norm_shortens_only_the_long_updates_and_keeps_their_direction(normalize):
+    g = torch.Generator().manual_seed(2)
+    B, J, d, m = 2, 9, 5, 3
+    x = torch.randn(B, J, d, generator=g, dtype=torch.float64)
+    gx = x @ torch.randn(m, d, generator=g, dtype=torch.float64).T
+    y = 3 * torch.randn(B, m, generator=g, dtype=torch.float64)
+    u = kalman_step(x, gx, y, 1.5, normalize) - x
+    nrm = u.norm(dim=-1)
+    bound = float(nrm.median())
+    v = kalman_step(x, gx, y, 1.5, normalize, max_norm=bound) - x
+    long = nrm > bound
+    assert 0 < int(long.sum()) < B * J
+    torch.testing.assert_close(v[~long], u[~long])
+    torch.testing.assert_close(v[long].norm(dim=-1), torch.full_like(nrm[long], bound))
+    torch.testing.assert_close(v[long] / bound, u[long] / nrm[long][:, None])
+    # a per-item bound broadcasts over particles and entries
+    w = cap_norm(u, torch.tensor([bound, 1e9], dtype=torch.float64)[:, None])
+    torch.testing.assert_close(w[0], v[0])
+    torch.testing.assert_close(w[1], u[1])
+    torch.testing.assert_close(cap_norm(u, None), u)
+
+
 # ---------------------------------------------------------------------------------------------- EnKG end to end
 @pytest.fixture(scope="module")
 def runs(gauss, problem):
@@ -170,6 +193,25 @@ def test_bad_knobs(gauss, problem):
         inv.solve(y, _op(), prior=gauss, sampler="enkg", normalize="l1", ensemble_size=4, **FAST)
     with pytest.raises(ValueError, match="kalman_reg"):
         inv.solve(y, _op(), prior=gauss, sampler="enkg", normalize="kalman", kalman_reg=0.0, ensemble_size=4, **FAST)
+
+
+def test_max_step_keeps_an_overshooting_ensemble_bounded(gauss, problem):
+    """An unnormalised step with a large weight overshoots and diverges (a NaN error); the trust region bounds every
+    particle's update by ``max_step sigma_i sqrt(d)`` and the run then fits the data. A bound no update reaches
+    changes nothing."""
+    _, y = problem
+    kw = dict(prior=gauss, sampler="enkg", ensemble_size=37, batch=16, steps=20, updates=1, normalize="none")
+    with pytest.raises(NonFiniteEnsembleError, match="after the Kalman step"):
+        inv.solve(y, _op(), guidance=20, **kw)
+    capped = inv.solve(y, _op(), guidance=20, max_step=0.2, **kw)
+    assert float(capped.info["particles"].abs().max()) < 5 and _rel_misfit(capped.x, y).max() < 0.4
+    assert float(capped.info["step_ratio"].max()) > 1 and bool((capped.info["capped"] > 0).all())
+    assert capped.info["step_ratio"].shape == (capped.info["forward_calls"], 2)
+    plain, loose = (inv.solve(y, _op(), guidance=2, max_step=c, **kw) for c in (None, 1e3))
+    assert float(plain.info["step_ratio"].max()) < 1e3 and int(loose.info["capped"].sum()) == 0
+    torch.testing.assert_close(loose.info["particles"], plain.info["particles"], atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="max_step"):
+        inv.solve(y, _op(), guidance=2, max_step=0, **kw)
 
 
 def test_tiny_unet_prior_any_ensemble_size():

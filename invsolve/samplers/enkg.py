@@ -74,8 +74,20 @@ def _flat_real(t: torch.Tensor) -> torch.Tensor:
     return (torch.view_as_real(t) if t.is_complex() else t).reshape(t.shape[0], -1)
 
 
+def cap_norm(u: torch.Tensor, max_norm) -> torch.Tensor:
+    """Scale every row of ``u`` ``(..., n)`` down to Euclidean norm ``<= max_norm`` (a float or a tensor broadcasting
+    against ``u``'s leading dimensions); rows already inside are unchanged; ``None`` returns ``u``."""
+    if max_norm is None:
+        return u
+    nrm = torch.linalg.vector_norm(u, dim=-1, keepdim=True)
+    bound = torch.as_tensor(max_norm, dtype=u.dtype, device=u.device)
+    if bound.dim():
+        bound = bound.reshape(bound.shape + (1,) * (u.dim() - bound.dim()))
+    return u * torch.where(nrm > bound, bound / nrm.clamp_min(torch.finfo(u.dtype).tiny), torch.ones_like(nrm))
+
+
 def kalman_step(x: torch.Tensor, g: torch.Tensor, y: torch.Tensor, weight: float,
-                normalize: str = "frobenius", kalman_reg: float = 1.0, taper=None) -> torch.Tensor:
+                normalize: str = "frobenius", kalman_reg: float = 1.0, taper=None, max_norm=None) -> torch.Tensor:
     """One ensemble-Kalman update of the particles of every measurement.
 
     Args:
@@ -88,6 +100,8 @@ def kalman_step(x: torch.Tensor, g: torch.Tensor, y: torch.Tensor, weight: float
         taper: optional localisation ``(n_x, n_y)`` (flattened particle x measurement entries, float): the step
             uses ``taper ∘ C^{xg}`` instead of ``C^{xg}`` (:mod:`.localization`); not with ``"kalman"``. The scalar
             normalisation is unchanged. All ones reproduces the plain step.
+        max_norm: optional trust region: each particle's update is scaled down to Euclidean norm ``<= max_norm``
+            (prior-space units, the whole particle); its direction is kept. ``None``: no bound.
     Returns:
         updated particles ``(B, J, ...)``; float64 accumulation, the dtype of ``x``.
     """
@@ -106,7 +120,7 @@ def kalman_step(x: torch.Tensor, g: torch.Tensor, y: torch.Tensor, weight: float
         ridge = torch.where(ridge > 0, ridge, torch.ones_like(ridge))  # collapsed ensemble: rhs is 0, no move
         coef = torch.linalg.solve(gram + ridge[:, None, None] * eye, torch.bmm(dg, (gf - yf).transpose(1, 2)))
         dx = torch.bmm(coef.transpose(1, 2), xf - xf.mean(dim=1, keepdim=True))
-        return (xf - weight * dx).to(x.dtype).reshape(x.shape)
+        return (xf - cap_norm(weight * dx, max_norm)).to(x.dtype).reshape(x.shape)
     C = torch.bmm(gf - yf, dg.transpose(1, 2)) / J  # (B, J, J): C_jk = <r_j, g_k - gbar> / J
     dxf = xf - xf.mean(dim=1, keepdim=True)
     if taper is None:
@@ -125,7 +139,7 @@ def kalman_step(x: torch.Tensor, g: torch.Tensor, y: torch.Tensor, weight: float
         raise ValueError(f"normalize must be 'frobenius', 'trace', 'none' or 'kalman', got {normalize!r}")
     # an ensemble that already fits exactly (C = 0) or has collapsed (tr C^gg = 0) does not move
     step = torch.where(scale > 0, weight / scale.clamp_min(torch.finfo(xf.dtype).tiny), torch.zeros_like(scale))
-    return (xf - step[:, None, None] * dx).to(x.dtype).reshape(x.shape)
+    return (xf - cap_norm(step[:, None, None] * dx, max_norm)).to(x.dtype).reshape(x.shape)
 
 
 def _check_finite(t: torch.Tensor, J: int, what: str, where: str):
@@ -160,7 +174,7 @@ def cost(steps: int, updates: int, thr_start: float, thr_end: float, inner_div: 
 
 DEFAULTS = dict(steps=80, ensemble_size=512, updates=2, guidance=2.0, thr_start=0.05, thr_end=0.05,
                 lr_min_ratio=0.0, inner_div=4, max_inner=20, normalize="frobenius", kalman_reg=1.0,
-                localize=None, sigma_max=80.0, sigma_min=0.002, rho=7.0, batch=64, return_particles=True)
+                localize=None, max_step=None, sigma_max=80.0, sigma_min=0.002, rho=7.0, batch=64, return_particles=True)
 
 
 @register_sampler("enkg", defaults=DEFAULTS, requires="forward",
@@ -169,7 +183,7 @@ DEFAULTS = dict(steps=80, ensemble_size=512, updates=2, guidance=2.0, thr_start=
 @torch.no_grad()
 def enkg(prior, op, y, *, generators, steps=80, ensemble_size=512, updates=2, guidance=2.0, thr_start=0.05,
          thr_end=0.05, lr_min_ratio=0.0, inner_div=4, max_inner=20, normalize="frobenius", kalman_reg=1.0,
-         localize=None, sigma_max=80.0, sigma_min=0.002, rho=7.0, batch=64, return_particles=True,
+         localize=None, max_step=None, sigma_max=80.0, sigma_min=0.002, rho=7.0, batch=64, return_particles=True,
          progress=False) -> SamplerOutput:
     """EnKG on any pixel-space prior (through its VE view ``denoise(x, sigma)``) and any forward model.
 
@@ -188,15 +202,23 @@ def enkg(prior, op, y, *, generators, steps=80, ensemble_size=512, updates=2, gu
             local problems): ``None`` (default, the paper's update), a cut-off radius in grid cells for operators
             with a ``localization(radius)`` method (e.g. :class:`~invsolve.operators.NavierStokes2D`), or an
             ``(n_x, n_y)`` taper tensor (:mod:`invsolve.samplers.localization`). Not with ``normalize="kalman"``.
+        max_step: trust region (an extension, not in the paper): ``None`` (default, no bound) or ``c > 0``; each
+            particle's Kalman update at outer step ``i`` is scaled down to norm ``<= c sigma_i sqrt(d)`` (``d``
+            entries of a particle in prior space, ``sigma_i sqrt(d)`` the norm of the noise it carries), keeping its
+            direction. Stops a single particle from being thrown far outside the prior's range (where a stiff
+            forward model such as a PDE solver slows down or diverges) by an update the denoiser cannot undo.
         sigma_max, sigma_min, rho: EDM grid (80, 0.002, 7), clamped to the noise levels the prior was trained on.
         batch: particles per network call (memory bound; no divisibility constraint).
         return_particles: put all particles in ``info["particles"]`` (``(B, J, ...)``, operator domain, CPU).
     Returns:
         ``x``: the ensemble mean ``(B, ...)`` in the operator domain. ``info``: ``spread`` (per-pixel ensemble
         standard deviation), ``particles``, ``misfit`` (per update: mean over particles of ``||G(x0_j) - y||``,
-        ``(K * guided_steps, B)``), cost counters ``nfe_per_particle``, ``network_evaluations`` (items through the
-        network), ``forward_calls`` (sequential batched calls of ``G``), ``forward_evaluations`` (items through
-        ``G``), ``guided_steps`` and the settings. ``nfe`` is the sequential network calls per particle.
+        ``(K * guided_steps, B)``), ``step_ratio`` (per update, the largest ``||dx_j|| / (sigma_i sqrt(d))`` over
+        particles before any ``max_step`` bound, ``(K * guided_steps, B)``), ``capped`` (particles whose update
+        ``max_step`` shortened, summed over the run, ``(B,)``), cost counters ``nfe_per_particle``,
+        ``network_evaluations`` (items through the network), ``forward_calls`` (sequential batched calls of ``G``),
+        ``forward_evaluations`` (items through ``G``), ``guided_steps`` and the settings. ``nfe`` is the sequential
+        network calls per particle.
     """
     J, K = int(ensemble_size), int(updates)
     if J < 2:
@@ -208,6 +230,9 @@ def enkg(prior, op, y, *, generators, steps=80, ensemble_size=512, updates=2, gu
         raise ValueError(f"normalize must be 'frobenius', 'trace', 'none' or 'kalman', got {normalize!r}")
     if not kalman_reg > 0:
         raise ValueError(f"kalman_reg must be > 0, got {kalman_reg!r}")
+    if max_step is not None and (isinstance(max_step, bool) or not isinstance(max_step, (int, float))
+                                 or not max_step > 0):
+        raise ValueError(f"max_step must be None or a number > 0 (a multiple of sigma_i sqrt(d)), got {max_step!r}")
     B = y.shape[0]
     shape = (prior.channels,) + tuple(prior.image_size)
     taper = _taper(localize, op, normalize)
@@ -219,7 +244,8 @@ def enkg(prior, op, y, *, generators, steps=80, ensemble_size=512, updates=2, gu
     x = torch.cat([torch.randn((J,) + shape, generator=g, device=g.device) for g in generators]).to(y.device)
     x = x * sig[0]  # (B * J, C, H, W): particle j of item b at row b * J + j
 
-    nfe, misfit, calls = 0, [], 0
+    d_x = float(torch.tensor(shape).prod())
+    nfe, misfit, calls, ratios, capped = 0, [], 0, [], torch.zeros(B, dtype=torch.long)
     for i in progress_bar(range(steps), progress, "EnKG", total=steps):
         if i in window:
             n_i = inner_steps(i, steps, inner_div, max_inner)
@@ -237,8 +263,16 @@ def enkg(prior, op, y, *, generators, steps=80, ensemble_size=512, updates=2, gu
                 _check_finite(g, J, "the forward-model output G(x0)", f"at outer step {i}")
                 yj = y.repeat_interleave(J, 0)
                 misfit.append(torch.linalg.vector_norm(_flat_real(g - yj), dim=1).reshape(B, J).mean(dim=1).cpu())
-                x = kalman_step(x.reshape((B, J) + shape), g.reshape((B, J) + tuple(g.shape[1:])), y, w_i,
-                                normalize, kalman_reg, taper).reshape((B * J,) + shape)
+                x_new = kalman_step(x.reshape((B, J) + shape), g.reshape((B, J) + tuple(g.shape[1:])), y, w_i,
+                                    normalize, kalman_reg, taper).reshape((B * J,) + shape)
+                noise_norm = sig[i] * d_x ** 0.5
+                u = (x_new - x).reshape(B, J, -1)
+                ratio = torch.linalg.vector_norm(u.double(), dim=-1) / noise_norm  # (B, J), before the bound
+                ratios.append(ratio.max(dim=1).values.float().cpu())
+                if max_step is not None:
+                    capped += (ratio > float(max_step)).sum(dim=1).cpu()
+                    x_new = x + cap_norm(u, float(max_step) * noise_norm).reshape(x.shape)
+                x = x_new
                 _check_finite(x, J, "the updated particle", f"after the Kalman step at outer step {i}")
         d = denoise_chunked(prior, x, sig[i], batch)
         nfe += 1
@@ -249,6 +283,7 @@ def enkg(prior, op, y, *, generators, steps=80, ensemble_size=512, updates=2, gu
     mag = particles.abs() if particles.is_complex() else particles
     info = {
         "spread": mag.std(dim=1).cpu(), "misfit": torch.stack(misfit) if misfit else torch.zeros(0, B),
+        "step_ratio": torch.stack(ratios) if ratios else torch.zeros(0, B), "capped": capped,
         "ensemble_size": J, "nfe_per_particle": nfe, "network_evaluations": nfe * B * J,
         "forward_calls": calls, "forward_evaluations": calls * B * J, "guided_steps": len(window),
         "sigmas": [sig[0], sig[-2]],
@@ -285,5 +320,5 @@ def budget(ensemble_size: int, **knobs) -> dict:
     return c
 
 
-__all__ = ["enkg", "kalman_step", "pf_ode_to_clean", "karras_sigmas", "guided_steps", "inner_steps", "budget",
-           "NonFiniteEnsembleError"]
+__all__ = ["enkg", "kalman_step", "cap_norm", "pf_ode_to_clean", "karras_sigmas", "guided_steps", "inner_steps",
+           "budget", "NonFiniteEnsembleError"]
