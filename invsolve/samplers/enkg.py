@@ -32,6 +32,7 @@ averaged over a NaN.
 """
 from __future__ import annotations
 
+import math
 from typing import List
 
 import torch
@@ -88,7 +89,22 @@ def cap_norm(u: torch.Tensor, max_norm) -> torch.Tensor:
 
 def kalman_step(x: torch.Tensor, g: torch.Tensor, y: torch.Tensor, weight: float,
                 normalize: str = "frobenius", kalman_reg: float = 1.0, taper=None, max_norm=None) -> torch.Tensor:
-    """One ensemble-Kalman update of the particles of every measurement.
+    """One ensemble-Kalman update of the particles of every measurement: ``x - cap(kalman_increment(...))``.
+
+    Args: as :func:`kalman_increment`, and
+        max_norm: optional trust region: each particle's update is scaled down to Euclidean norm ``<= max_norm``
+            (prior-space units, the whole particle; a float, or a tensor broadcasting against ``(B, J)``); its
+            direction is kept. ``None``: no bound.
+    Returns:
+        updated particles ``(B, J, ...)``; float64 accumulation, the dtype of ``x``.
+    """
+    dx = cap_norm(kalman_increment(x, g, y, weight, normalize, kalman_reg, taper), max_norm)
+    return (x.reshape(dx.shape).double() - dx).to(x.dtype).reshape(x.shape)
+
+
+def kalman_increment(x: torch.Tensor, g: torch.Tensor, y: torch.Tensor, weight: float,
+                     normalize: str = "frobenius", kalman_reg: float = 1.0, taper=None) -> torch.Tensor:
+    """The ensemble-Kalman update ``dx_j`` (``x_j <- x_j - dx_j``) of every particle of every measurement.
 
     Args:
         x: noisy particles ``(B, J, ...)`` (prior space), real.
@@ -100,10 +116,8 @@ def kalman_step(x: torch.Tensor, g: torch.Tensor, y: torch.Tensor, weight: float
         taper: optional localisation ``(n_x, n_y)`` (flattened particle x measurement entries, float): the step
             uses ``taper ∘ C^{xg}`` instead of ``C^{xg}`` (:mod:`.localization`); not with ``"kalman"``. The scalar
             normalisation is unchanged. All ones reproduces the plain step.
-        max_norm: optional trust region: each particle's update is scaled down to Euclidean norm ``<= max_norm``
-            (prior-space units, the whole particle); its direction is kept. ``None``: no bound.
     Returns:
-        updated particles ``(B, J, ...)``; float64 accumulation, the dtype of ``x``.
+        ``dx`` ``(B, J, n)`` float64, ``n`` entries of a particle.
     """
     B, J = x.shape[:2]
     xf = x.reshape(B, J, -1).double()
@@ -119,8 +133,7 @@ def kalman_step(x: torch.Tensor, g: torch.Tensor, y: torch.Tensor, weight: float
         eye = torch.eye(J, dtype=gram.dtype, device=gram.device)
         ridge = torch.where(ridge > 0, ridge, torch.ones_like(ridge))  # collapsed ensemble: rhs is 0, no move
         coef = torch.linalg.solve(gram + ridge[:, None, None] * eye, torch.bmm(dg, (gf - yf).transpose(1, 2)))
-        dx = torch.bmm(coef.transpose(1, 2), xf - xf.mean(dim=1, keepdim=True))
-        return (xf - cap_norm(weight * dx, max_norm)).to(x.dtype).reshape(x.shape)
+        return weight * torch.bmm(coef.transpose(1, 2), xf - xf.mean(dim=1, keepdim=True))
     C = torch.bmm(gf - yf, dg.transpose(1, 2)) / J  # (B, J, J): C_jk = <r_j, g_k - gbar> / J
     dxf = xf - xf.mean(dim=1, keepdim=True)
     if taper is None:
@@ -139,7 +152,7 @@ def kalman_step(x: torch.Tensor, g: torch.Tensor, y: torch.Tensor, weight: float
         raise ValueError(f"normalize must be 'frobenius', 'trace', 'none' or 'kalman', got {normalize!r}")
     # an ensemble that already fits exactly (C = 0) or has collapsed (tr C^gg = 0) does not move
     step = torch.where(scale > 0, weight / scale.clamp_min(torch.finfo(xf.dtype).tiny), torch.zeros_like(scale))
-    return (xf - cap_norm(step[:, None, None] * dx, max_norm)).to(x.dtype).reshape(x.shape)
+    return step[:, None, None] * dx
 
 
 def _check_finite(t: torch.Tensor, J: int, what: str, where: str):
@@ -244,7 +257,6 @@ def enkg(prior, op, y, *, generators, steps=80, ensemble_size=512, updates=2, gu
     x = torch.cat([torch.randn((J,) + shape, generator=g, device=g.device) for g in generators]).to(y.device)
     x = x * sig[0]  # (B * J, C, H, W): particle j of item b at row b * J + j
 
-    d_x = float(torch.tensor(shape).prod())
     nfe, misfit, calls, ratios, capped = 0, [], 0, [], torch.zeros(B, dtype=torch.long)
     for i in progress_bar(range(steps), progress, "EnKG", total=steps):
         if i in window:
@@ -263,16 +275,15 @@ def enkg(prior, op, y, *, generators, steps=80, ensemble_size=512, updates=2, gu
                 _check_finite(g, J, "the forward-model output G(x0)", f"at outer step {i}")
                 yj = y.repeat_interleave(J, 0)
                 misfit.append(torch.linalg.vector_norm(_flat_real(g - yj), dim=1).reshape(B, J).mean(dim=1).cpu())
-                x_new = kalman_step(x.reshape((B, J) + shape), g.reshape((B, J) + tuple(g.shape[1:])), y, w_i,
-                                    normalize, kalman_reg, taper).reshape((B * J,) + shape)
-                noise_norm = sig[i] * d_x ** 0.5
-                u = (x_new - x).reshape(B, J, -1)
-                ratio = torch.linalg.vector_norm(u.double(), dim=-1) / noise_norm  # (B, J), before the bound
+                dx = kalman_increment(x.reshape((B, J) + shape), g.reshape((B, J) + tuple(g.shape[1:])), y, w_i,
+                                      normalize, kalman_reg, taper)
+                noise_norm = sig[i] * math.sqrt(math.prod(shape))
+                ratio = torch.linalg.vector_norm(dx, dim=-1) / noise_norm  # (B, J), before the bound
                 ratios.append(ratio.max(dim=1).values.float().cpu())
                 if max_step is not None:
                     capped += (ratio > float(max_step)).sum(dim=1).cpu()
-                    x_new = x + cap_norm(u, float(max_step) * noise_norm).reshape(x.shape)
-                x = x_new
+                    dx = cap_norm(dx, float(max_step) * noise_norm)
+                x = (x.reshape(dx.shape).double() - dx).to(x.dtype).reshape(x.shape)
                 _check_finite(x, J, "the updated particle", f"after the Kalman step at outer step {i}")
         d = denoise_chunked(prior, x, sig[i], batch)
         nfe += 1
@@ -320,5 +331,5 @@ def budget(ensemble_size: int, **knobs) -> dict:
     return c
 
 
-__all__ = ["enkg", "kalman_step", "cap_norm", "pf_ode_to_clean", "karras_sigmas", "guided_steps", "inner_steps",
-           "budget", "NonFiniteEnsembleError"]
+__all__ = ["enkg", "kalman_step", "kalman_increment", "cap_norm", "pf_ode_to_clean", "karras_sigmas",
+           "guided_steps", "inner_steps", "budget", "NonFiniteEnsembleError"]
