@@ -277,6 +277,8 @@ def export(cfg, unet, ema, sched, src, step: int, elapsed: float, device, vae_in
               suptitle=f"{cfg.name}: {ec.n_samples} unconditional DDIM samples ({ec.sample_steps} steps, "
                        f"unclipped), step {step}")
     heldout = _heldout_eval(prior, src, device, vae_info) if ec.heldout_eval else {}
+    if vae_info and src.heldout is not None:
+        autoencoder_figure(prior, (src.heldout() + 1) / 2, tmp / "reconstructions.png")
     size_mb = sum(f.stat().st_size for f in tmp.rglob("*.safetensors")) / 2**20
     meta = {
         "name": cfg.name, "kind": "latent" if vae_info else "diffusers", "is_complex": pc["is_complex"],
@@ -292,7 +294,9 @@ def export(cfg, unet, ema, sched, src, step: int, elapsed: float, device, vae_in
     if vae_info:
         meta["scaling_factor"] = vae_info["scaling_factor"]
         meta["latent_shape"] = [vae_info["latent_channels"], vae_info["latent_size"], vae_info["latent_size"]]
-        meta["training"]["autoencoder"] = {"steps": vae_info["steps"], "wall_minutes": vae_info["minutes"]}
+        meta["training"]["autoencoder"] = {"steps": vae_info["steps"], "wall_minutes": vae_info["minutes"],
+                                           "parameters": sum(p.numel() for p in vae.parameters()),
+                                           "recipe": OmegaConf.to_container(cfg.vae, resolve=True)}
     (tmp / "invsolve_prior.json").write_text(json.dumps(meta, indent=2))
     (tmp / "README.md").write_text(_model_card(cfg, meta))
     if dest.exists():
@@ -336,14 +340,45 @@ def _heldout_eval(prior, src, device, vae_info: Optional[dict] = None) -> dict:
     return out
 
 
+@torch.no_grad()
+def autoencoder_figure(prior, x: torch.Tensor, path: Path, n: int = 8) -> list:
+    """Save ``n`` images (top row) over their reconstructions ``D(E(x))`` (bottom row) to ``path``.
+
+    ``x``: ``(B, C, H, W)`` images scaled to [0, 1] (mapped to the prior's data range before encoding).
+    Returns the per-image PSNR (dB, data range [0, 1]) of the reconstructions, shown in the titles.
+    """
+    from .plotting import displayable, save_grid
+
+    lo, hi = prior.data_range
+    dev = next(prior.vae.parameters()).device
+    x = x[:n].to(dev, torch.float32)
+    rec = ((prior.decode(prior.encode(lo + (hi - lo) * x)) - lo) / (hi - lo)).clamp(0, 1)
+    psnr = (10 * torch.log10(1.0 / ((rec - x) ** 2).mean(dim=(1, 2, 3)))).tolist()
+    k = x.shape[0]
+    save_grid(displayable(torch.cat([x, rec]), False), path, ncols=k, cmap="gray",
+              titles=["held-out"] * k + [f"D(E(x)) {p:.1f} dB" for p in psnr],
+              suptitle=f"{prior.name}: held-out images (top) and autoencoder reconstructions (bottom), "
+                       f"mean {sum(psnr) / k:.2f} dB")
+    return psnr
+
+
 def _model_card(cfg, meta) -> str:
     tr = meta["training"]
+    ae = tr.get("autoencoder")
+    if ae:
+        model = (f"- diffusers `AutoencoderKL` ({ae.get('parameters', 0) / 1e6:.2f} M parameters, "
+                 f"{meta['latent_shape'][0]}x{meta['latent_shape'][1]}x{meta['latent_shape'][2]} latents, scaling "
+                 f"factor {meta['scaling_factor']:.4f}) + latent `UNet2DModel` "
+                 f"({(tr['parameters'] - ae.get('parameters', 0)) / 1e6:.2f} M); together {tr['parameters'] / 1e6:.2f}"
+                 f" M parameters, weights in {tr['weights_dtype']} ({tr['weights_mb']} MB, safetensors)")
+    else:
+        model = (f"- diffusers `UNet2DModel`, {tr['parameters'] / 1e6:.2f} M parameters, weights in "
+                 f"{tr['weights_dtype']} ({tr['weights_mb']} MB, safetensors)")
     lines = [
         f"# Model card: `{meta['name']}`", "",
         meta["summary"], "",
         "## Model",
-        f"- diffusers `UNet2DModel`, {tr['parameters'] / 1e6:.2f} M parameters, weights in {tr['weights_dtype']} "
-        f"({tr['weights_mb']} MB, safetensors)",
+        model,
         f"- input/output: {meta['channels']} channel(s) at {meta['image_size'][0]}x{meta['image_size'][1]}, "
         f"{'complex images as [Re, Im]' if meta['is_complex'] else 'real images'}; operator-domain data range "
         f"{meta['data_range']} ↔ prior space [-1, 1]",
@@ -358,8 +393,19 @@ def _model_card(cfg, meta) -> str:
         f"- recipe: `configs/train/{meta['name']}.yaml` (reproduce with `invsolve train-prior "
         f"configs/train/{meta['name']}.yaml`)",
         "",
-        "## Samples", "", "![samples](samples.png)", "",
     ]
+    if ae:
+        h = meta.get("heldout", {})
+        lines[-1:-1] = [
+            f"- autoencoder (stage 1): {ae['steps']} steps at batch {tr['batch_size']}, {ae['wall_minutes']} min, "
+            f"loss L1 + MSE + {cfg.vae.get('kl_weight', 1e-6)} x KL; the latent UNet (stage 2) is trained on its "
+            "sampled, scaled latents"]
+        if "autoencoder_recon_psnr_db" in h:
+            lines += ["## Autoencoder reconstructions", "",
+                      f"Held-out reconstruction PSNR of D(E(x)) (prior space): {h['autoencoder_recon_psnr_db']} dB "
+                      f"on {h['n_heldout']} held-out images. No latent sampler can do better than its autoencoder.",
+                      "", "![reconstructions](reconstructions.png)", ""]
+    lines += ["## Samples", "", "![samples](samples.png)", ""]
     if meta.get("heldout"):
         h = meta["heldout"]
         lines += ["## Held-out evaluation", "",

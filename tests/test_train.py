@@ -52,3 +52,43 @@ def test_recipe_unknown_keys_are_rejected(recipe):
         load_recipe(recipe, ["train.stepz=5"])
     with pytest.raises(UnknownNameError, match="valid keys"):
         load_recipe(recipe, ["optimizer.lr=1"])
+
+
+def test_two_stage_latent_recipe_exports_autoencoder_figure_and_card(tmp_path):
+    """The natural-latent recipe shape (autoencoder, then latent UNet) at toy size: both stages export, the card
+    describes both parts and links the held-out reconstruction figure, and the prior loads as a latent prior."""
+    from invsolve.train import autoencoder_figure
+
+    r = {"name": "tiny-latent", "output_dir": str(tmp_path / "run"),
+         "data": {"kind": "natural", "image_size": 32},
+         "vae": {"model": {"block_out_channels": [8, 16], "down_block_types": ["DownEncoderBlock2D"] * 2,
+                           "up_block_types": ["UpDecoderBlock2D"] * 2, "latent_channels": 4, "layers_per_block": 1,
+                           "norm_num_groups": 4},
+                 "train": {"steps": 2}},
+         "model": TINY_MODEL,
+         "train": {"steps": 2, "batch_size": 2, "log_every": 1, "checkpoint_every": 1, "warmup_steps": 1,
+                   "threads": 2},
+         "prior": {"data_range": [0.0, 1.0], "summary": "tiny latent test"},
+         "export": {"dir": str(tmp_path / "prior"), "n_samples": 2, "sample_steps": 2}}
+    p = tmp_path / "tiny-latent.yaml"
+    p.write_text(yaml.safe_dump(r))
+    assert main(["train-prior", str(p), "--no-progress"]) == 0
+    d = tmp_path / "prior"
+    for f in ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors", "samples.png",
+              "reconstructions.png"):
+        assert (d / f).exists(), f
+    meta = json.loads((d / "invsolve_prior.json").read_text())
+    ae = meta["training"]["autoencoder"]
+    assert meta["kind"] == "latent" and meta["latent_shape"] == [4, 16, 16] and ae["steps"] == 2
+    assert 0 < ae["parameters"] < meta["training"]["parameters"]
+    card = (d / "README.md").read_text()
+    assert "AutoencoderKL" in card and "reconstructions.png" in card
+    assert f"{meta['heldout']['autoencoder_recon_psnr_db']} dB" in card
+    prior = inv.load_prior(d)
+    x = torch.rand(3, 3, 32, 32)
+    psnr = autoencoder_figure(prior, x, tmp_path / "rec.png")
+    with torch.no_grad():
+        rec = prior.decode(prior.encode(x)).clamp(0, 1)
+    ref = 10 * torch.log10(1 / ((rec - x) ** 2).mean(dim=(1, 2, 3)))
+    torch.testing.assert_close(torch.tensor(psnr), ref, rtol=0, atol=1e-4)
+    assert (tmp_path / "rec.png").stat().st_size > 0

@@ -1,0 +1,111 @@
+"""STSL's trace term against its first-order (eta = 0) variant where the posterior is analytic.
+
+Three priors in prior space ``(1, 4, 4)`` (d = 16), 50 % random inpainting, sigma_y = 0.1, 16 items x 64 seeds each,
+20 DDIM steps, analytic scores (``invsolve.priors.gaussian``):
+
+* ``gaussian``: one Gaussian with a full covariance (the fixture of ``tests/test_stsl.py``);
+* ``mixture``: 3 components, equal variances 0.05, weights 1 : 2 : 3;
+* ``mixture-narrow-broad``: 2 components with variances 0.01 and 0.3.
+
+Metric: squared error of the 64-seed average against the analytic posterior mean ``E[x0 | y]``, averaged over the
+items, with the Monte Carlo floor (the error the seed average would have from sampling noise alone, sum of the
+per-coordinate sample variances / 64). Writes ``results/stsl_gaussian.json`` and the BENCHMARKS.md section.
+
+Reproduce::
+
+    python benchmarks/bench_stsl_gaussian.py
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, update_benchmarks_md, write_result  # noqa: E402
+
+SHAPE = (1, 4, 4)
+D = 16
+ETAS = (0.0, 0.02, 0.1, 0.5, 2.0, 8.0)
+N_ITEMS, N_SEEDS, STEPS, SIGMA = 16, 64, 20, 0.1
+
+
+def priors():
+    from invsolve.priors.gaussian import GaussianMixturePrior, GaussianPrior
+
+    g = torch.Generator().manual_seed(0)
+    mean = 0.3 * torch.randn(SHAPE, generator=g)
+    b = torch.randn(D, D, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    gauss = GaussianPrior(mean, cov=0.5 * b @ b.T / D + 0.05 * torch.eye(D, dtype=torch.float64))
+    g = torch.Generator().manual_seed(2)
+    mix = GaussianMixturePrior(0.8 * torch.randn((3,) + SHAPE, generator=g), variances=0.05, weights=[1, 2, 3])
+    g = torch.Generator().manual_seed(2)
+    means = 0.8 * torch.randn((2,) + SHAPE, generator=g)
+    nb = GaussianMixturePrior(means, variances=torch.stack([torch.full(SHAPE, 0.01), torch.full(SHAPE, 0.3)]))
+    return {"gaussian": gauss, "mixture": mix, "mixture-narrow-broad": nb}
+
+
+def run(prior) -> dict:
+    from invsolve.operators import Inpainting, random_mask
+    from invsolve.priors.gaussian import linear_gaussian_posterior
+    from invsolve.samplers.stsl import stsl
+
+    g = torch.Generator().manual_seed(0)
+    op = Inpainting(random_mask(SHAPE[1:], 0.5, seed=0))
+    A = torch.stack([op(e.reshape((1,) + SHAPE)).reshape(-1) for e in torch.eye(D)], 1).double()
+    x = prior.sample(N_ITEMS, g)
+    y = op(x) + SIGMA * torch.randn(x.shape, generator=g) * op.mask
+    post_mean = linear_gaussian_posterior(prior, A, y.reshape(N_ITEMS, -1), SIGMA)[0]
+    yy = y.repeat_interleave(N_SEEDS, 0).double()
+    rows = {}
+    for eta in ETAS:
+        gens = [torch.Generator().manual_seed(10_000 + i) for i in range(N_ITEMS * N_SEEDS)]
+        out = stsl(prior, op, yy, generators=gens, steps=STEPS, eta=eta)
+        xs = out.x.reshape(N_ITEMS, N_SEEDS, -1).double()
+        err = ((xs.mean(1) - post_mean) ** 2).sum(1).mean()
+        floor = (xs.var(1).sum(1) / N_SEEDS).mean()
+        rows[str(eta)] = {"error": float(err), "mc_floor": float(floor), "nfe": out.nfe}
+        print(f"  eta={eta:g}: error {float(err):.4g} (Monte Carlo floor {float(floor):.2g})", flush=True)
+    return rows
+
+
+def markdown(out: dict) -> str:
+    lines = ["## STSL's trace term on analytic priors (issue #6)", "",
+             f"d = 16, 50 % inpainting, sigma_y = {SIGMA}, {N_ITEMS} items x {N_SEEDS} seeds, {STEPS} DDIM steps, "
+             "rho = 0.5 (normalised), c = 1. Error: squared distance of the seed average to the analytic posterior "
+             "mean, mean over items (Monte Carlo floor in brackets). eta = 0 is the first-order variant.", "",
+             "Reproduce: `python benchmarks/bench_stsl_gaussian.py`.", "",
+             "| prior | " + " | ".join(f"eta = {e:g}" for e in ETAS) + " |",
+             "|---|" + "---|" * len(ETAS)]
+    for name, rows in out["priors"].items():
+        cells = []
+        for e in ETAS:
+            r = rows[str(e)]
+            cells.append("diverged" if not math.isfinite(r["error"]) or r["error"] > 1e3
+                         else f"{r['error']:.4f} ({r['mc_floor']:.4f})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "On the Gaussian the trace of the score Jacobian is constant, so the term has zero gradient and "
+              "every eta gives the first-order iterates. On the equal-variance mixture the error grows with eta; with "
+              "a narrow component (variance 0.01) the term's gradient at low noise is large enough to throw the "
+              "iterates off. In none of these settings does eta > 0 lower the posterior-mean error.", ""]
+    return "\n".join(lines)
+
+
+def main():
+    torch.set_num_threads(1)
+    t0 = time.time()
+    out = {"priors": {}, "etas": list(ETAS), "n_items": N_ITEMS, "n_seeds": N_SEEDS, "steps": STEPS,
+           "sigma_y": SIGMA, "machine": machine()}
+    for name, prior in priors().items():
+        print(name, flush=True)
+        out["priors"][name] = run(prior)
+    out["seconds"] = time.time() - t0
+    write_result("stsl_gaussian", out)
+    update_benchmarks_md("stsl-gaussian", markdown(out))
+
+
+if __name__ == "__main__":
+    main()
