@@ -150,6 +150,38 @@ def test_results_are_keyed_by_measurement_content(single, tmp_path, monkeypatch)
     assert stale and all(not harness.is_done(plan2, it, False) for it in plan2.items if it.task == "mri-4x")
 
 
+def test_report_from_a_clone_without_reconstructions_keeps_the_figures(single, tmp_path):
+    """The .npy reconstructions are not versioned: rebuilding the report in a clone must not fail on them, and must
+    not overwrite the figures drawn from them with emptier ones."""
+    out = tmp_path / "clone"
+    shutil.copytree(single, out)
+    for p in (out / "items").rglob("*.npy"):
+        p.unlink()
+    figs = sorted((out / "figures").glob("*.png"))
+    assert figs
+    before = {p.name: p.read_bytes() for p in figs}
+    with pytest.warns(UserWarning, match="reconstruction file"):
+        assert harness.main(SMOKE, [f"output_dir={out}", "action=report"], progress=False) == 0
+    assert {p.name: p.read_bytes() for p in sorted((out / "figures").glob("*.png"))} == before
+    assert "figures/" in (out / "report.md").read_text()
+
+
+def test_content_hash_does_not_depend_on_the_thread_count(tmp_path):
+    """Multi-threaded blurring rounds differently; measurements are built single-threaded so a machine with another
+    core count finds the same content hash (and does not re-run finished results)."""
+    opts = {"task": "deblur", "index": [0], "kernel_size": 15, "kernel_sigma": 2.0, "noise_sigma": 0.01}
+    n = torch.get_num_threads()
+    hashes = []
+    try:
+        for threads in (1, 4):
+            torch.set_num_threads(threads)
+            hashes.append(datasets.cached_problem(opts, tmp_path / f"deblur{threads}.pt").hash)
+            assert torch.get_num_threads() == threads  # restored after building
+    finally:
+        torch.set_num_threads(n)
+    assert hashes[0] == hashes[1]
+
+
 def test_shard_assignment_is_a_partition():
     items = [harness.Item("t", "m", i, s) for i in range(7) for s in (0, 1)]
     parts = [harness.shard_items(items, 3, k) for k in range(3)]

@@ -163,6 +163,25 @@ def test_bad_knobs_are_errors(gauss):
         stsl(gauss, op, y, generators=_gens(1), steps=2, inner=0)
     with pytest.raises(ValueError, match="init"):
         stsl(gauss, op, y, generators=_gens(1), steps=2, init="zeros")
+    with pytest.raises(ValueError, match="step must be one of .*polyak.*'newton'"):
+        stsl(gauss, op, y, generators=_gens(1), steps=2, step="newton")
+
+
+def test_step_rules_and_their_scale_invariances(gauss):
+    """The capped Polyak step (the default) does not depend on the data term's weight; the residual rule depends on
+    lam * rho only; a fixed step depends on both; and the rules give different iterates."""
+    op, y, _ = _problem(gauss, n_items=2)
+    y = y.double()
+
+    def run(**kw):
+        return stsl(gauss, op, y, generators=_gens(2), steps=4, eta=0.0, **kw).x
+
+    torch.testing.assert_close(run(lam=1.0), run(lam=7.0), rtol=0, atol=1e-9)
+    torch.testing.assert_close(run(step="residual", lam=2.0, rho=0.1), run(step="residual", lam=1.0, rho=0.2),
+                               rtol=0, atol=1e-9)
+    assert (run(step="fixed", lam=2.0, rho=0.1) - run(step="fixed", lam=1.0, rho=0.1)).abs().max() > 1e-3
+    outs = [run(step=r) for r in ("polyak", "residual", "fixed")]
+    assert min((a - b).abs().max() for i, a in enumerate(outs) for b in outs[i + 1:]) > 1e-3
 
 
 @pytest.mark.parametrize("sampler,adjoint_knob,free", [("stsl", "init='adjoint'", dict(init="noise")),

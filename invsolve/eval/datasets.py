@@ -309,6 +309,20 @@ class CachedProblem(NamedTuple):
     previous: Optional[Tuple[str, str]]
 
 
+def _build(options: Dict[str, Any]):
+    """``build_problem`` with one torch thread: multi-threaded FFTs and convolutions round differently, and the
+    content hash of the measurements (:func:`problem_hash`) must not depend on the machine's thread count, or a
+    fresh clone on another machine would re-run every finished result of the task."""
+    from ..tasks import build_problem
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return build_problem(options)
+    finally:
+        torch.set_num_threads(n)
+
+
 def cached_problem(options: Dict[str, Any], path) -> CachedProblem:
     """Build the problem ``options`` (as for ``invsolve reconstruct``'s ``problem:``) or load it from ``path``.
 
@@ -317,8 +331,6 @@ def cached_problem(options: Dict[str, Any], path) -> CachedProblem:
     is rebuilt on load and the cached measurements ``y`` and truth replace the rebuilt ones. The cache file is read
     once; ``previous`` lets callers recognise results computed on unchanged measurements.
     """
-    from ..tasks import build_problem
-
     path = Path(path)
     full = problem_options(options)
     key = options_hash(full)
@@ -330,10 +342,10 @@ def cached_problem(options: Dict[str, Any], path) -> CachedProblem:
         if blob.get("key") == key:
             if previous is not None:
                 return CachedProblem(blob["problem"], previous[1], previous)
-            problem = build_problem(options)
+            problem = _build(options)
             problem.y, problem.x_true = blob["y"], blob["x_true"]
             return CachedProblem(problem, problem_hash(problem), None)
-    problem = build_problem(options)
+    problem = _build(options)
     try:
         write_atomic(path, lambda t: torch.save({"key": key, "options": full, "problem": problem}, t))
     except (pickle.PicklingError, TypeError, AttributeError):  # e.g. a black-box operator wrapping a lambda

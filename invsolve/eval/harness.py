@@ -284,9 +284,13 @@ def method_config(plan: Plan, task_id: str, method_id: str) -> Dict[str, Any]:
     from ..samplers.base import get_sampler
 
     m = plan.methods[method_id]
-    knobs = get_sampler(m["sampler"]).identity_knobs(m["task_knobs"].get(task_id, m["knobs"]))
-    return {"sampler": m["sampler"], "prior": m["prior"], "knobs": knobs,
-            "data_scale": m["data_scale"], "num_samples": m["num_samples"]}
+    spec = get_sampler(m["sampler"])
+    cfg = {"sampler": m["sampler"], "prior": m["prior"], "knobs": spec.identity_knobs(m["task_knobs"].get(task_id,
+                                                                                                       m["knobs"])),
+           "data_scale": m["data_scale"], "num_samples": m["num_samples"]}
+    if spec.version > 1:  # version 1 is left out: results stored before versions existed stay current
+        cfg["sampler_version"] = spec.version
+    return cfg
 
 
 _PRIORS: Dict[Tuple[str, str], Any] = {}  # loaded priors kept for later suites in the same process

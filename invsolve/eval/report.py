@@ -19,6 +19,7 @@ import io
 import json
 import math
 import os
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -301,6 +302,16 @@ def figures(out, plan: Dict[str, Any], records: Dict[str, Dict[str, Any]]) -> Di
 
             with torch.no_grad():
                 adj = problem.operator.adjoint(problem.y)[images].numpy()
+        paths = [out / "figures" / f"{tid}.png"]
+        missing = [out / "items" / tid / mid / recs[i][key] for mid, recs in done.items() for i in images if i in recs
+                   for key in ("reconstruction", "std") if recs[i].get(key)
+                   and not (out / "items" / tid / mid / recs[i][key]).exists()]
+        if missing:  # e.g. a clone: the .npy reconstructions are not versioned; keep the figure drawn from them
+            warnings.warn(f"{len(missing)} reconstruction file(s) of task {tid!r} are missing (e.g. {missing[0]}); "
+                          f"{'kept the existing figure' if paths[0].exists() else 'no figure drawn'}", stacklevel=2)
+            if paths[0].exists():
+                result[tid] = [p for p in (paths[0], out / "figures" / f"{tid}_std.png") if p.exists()]
+            continue
         recons, psnrs, stds = {}, {}, {}
         for mid, recs in done.items():
             base = out / "items" / tid / mid
@@ -310,7 +321,6 @@ def figures(out, plan: Dict[str, Any], records: Dict[str, Dict[str, Any]]) -> Di
                 stds[mid] = [np.load(base / recs[i]["std"])[0] if i in recs and recs[i].get("std") else None
                              for i in images]
         names = [problem.names[i] for i in images]
-        paths = [out / "figures" / f"{tid}.png"]
         _figure(paths[0], truth, adj, recons, names, psnrs, f"{plan['suite']['name']} / {tid} (seed {seed})")
         if stds:
             paths.append(out / "figures" / f"{tid}_std.png")

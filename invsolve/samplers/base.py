@@ -60,6 +60,9 @@ class SamplerSpec:
     # for "differentiable" samplers with options that need ``adjoint`` (an ``Aᵀy`` start, a gluing term):
     # knobs -> a phrase naming the option that does (``None``: the knobs run on a nonlinear operator)
     adjoint_knobs: Optional[Callable[[Dict[str, Any]], Optional[str]]] = None
+    # bumped when a default or the update rule changes what the same knobs compute; part of a result's
+    # configuration hash from version 2 on, so stored evaluation results of the older rule are re-run
+    version: int = 1
 
     def identity_knobs(self, knobs: Dict[str, Any]) -> Dict[str, Any]:
         """``knobs`` without the neutral options that are at their default."""
@@ -74,14 +77,15 @@ _REGISTRY: Dict[str, SamplerSpec] = {}
 
 def register_sampler(name: str, *, defaults: Optional[Dict[str, Any]] = None, requires: str = "linear",
                      needs_prior: bool = True, latent_ok: bool = False, summary: str = "",
-                     neutral: Tuple[str, ...] = (), adjoint_knobs=None):
-    """Decorator registering a sampler function under ``name`` with its default knobs (``neutral``: see
-    :class:`SamplerSpec`)."""
+                     neutral: Tuple[str, ...] = (), adjoint_knobs=None, version: int = 1):
+    """Decorator registering a sampler function under ``name`` with its default knobs (``neutral``, ``version``:
+    see :class:`SamplerSpec`)."""
 
     def deco(fn):
         doc = (fn.__doc__ or "").strip().splitlines()
         _REGISTRY[name] = SamplerSpec(name, fn, dict(defaults or {}), requires, needs_prior, latent_ok,
-                                      summary or (doc[0] if doc else ""), tuple(neutral), adjoint_knobs)
+                                      summary or (doc[0] if doc else ""), tuple(neutral), adjoint_knobs,
+                                      int(version))
         return fn
 
     return deco

@@ -23,21 +23,31 @@ Decisions we had to make (flagged [DESIGN] in ALGORITHMS.md):
   250 NFE at 50 steps, the paper's count;
 * start: the encoded back-projection ``E(Aᵀy)`` forward-diffused to the top of the DDIM grid (``init``);
   deterministic DDIM (``eta_DDIM = 0``); the final latent is the Tweedie estimate at ``t = 0``;
-* the data term is the squared norm with weight ``lam``; gradient steps of size ``rho`` divided by the residual
-  norm (``normalize``, the DPS rule); only ``lam · rho`` matters for the data term, ``eta / lam`` sets the trace
-  term's relative weight. The default ``rho = 0.5`` is PSLD's reference scale (a unit step on ``||r||``, since
-  ``0.5 ∇||r||² / ||r|| = ∇||r||``); the task configs (``configs/reconstruct/*_stsl.yaml``) carry the values
-  chosen for ``natural-latent`` on validation crops of the training photos (``benchmarks/bench_stsl_vs_psld.py
-  --validate``: 0.15 deblurring and SR, 0.25 inpainting), never on held-out photos;
+* the data term is the squared norm with weight ``lam``; ``eta / lam`` sets the trace term's relative weight;
+* the step size (the paper's appendix B.1 values were not available): by default a capped Polyak step
+  (``step="polyak"``): ``z <- z - s ∇L`` with ``s = min(rho · lam ||r||² / ||∇L||², 1 / (2 lam ||r||))``. The first
+  term is a fraction ``rho`` of the gradient step that would bring the data term to zero if it were linear in ``z``:
+  it needs no scale (invariant to ``lam``, the image range and how steep the decoder is) and shrinks with the
+  residual, so late steps do not oscillate around the data as constant-length steps do. The cap is PSLD's unit
+  step on ``||r||``: without it the step overshoots where ``||∇L||`` is small against ``||r||`` (at high noise on
+  a Gaussian test prior the posterior-mean error rose from 0.66 to 39.5, against a prior error of 4.8). The
+  alternatives are the DPS rule ``rho ∇L / ||r||`` (``step="residual"``; ``rho = 0.5`` is PSLD's unit step, the
+  cap above) and a fixed step ``rho ∇L`` (``step="fixed"``). ``rho`` was chosen on validation crops of the
+  training photos (``benchmarks/bench_stsl_vs_psld.py --validate``), never on held-out photos: 1 (0.3 for
+  inpainting, in its config). There the Polyak step gave 25.6 / 23.6 / 27.0 dB (deblur / SR / inpaint) against
+  23.0 / 19.0 / 22.1 dB for the best residual-rule ``rho``; on the held-out photos 18.4 / 16.9 / 21.0 dB against
+  15.9 / 14.3 / 17.8 dB (``BENCHMARKS.md``);
 * PSLD's gluing term is optional (``gluing``, default 0: the paper's loss as quoted has none).
 
 On a Gaussian prior the trace of the Hessian is constant, so the trace term has zero gradient there and STSL
 reduces exactly to its first-order (``eta = 0``) variant (``tests/test_stsl.py``). It can only matter for non-Gaussian
 priors, and where we could measure it, it did not help: on a 3-component Gaussian mixture (d = 16, 50 % inpainting,
-sigma_y = 0.1) the posterior-mean error grows with ``eta`` (0.1196 at 0, 0.1197 at 0.02, 0.158 at 8), and with a
-narrow component (variance 0.01) the term's gradient at low noise throws the iterates off even at ``eta = 0.02``
-(``benchmarks/bench_stsl_gaussian.py``). On ``natural-latent`` the paper's weight changes the held-out mean PSNR by
-<= 0.02 dB (<= 0.31 dB per image).
+sigma_y = 0.1) the posterior-mean error grows with ``eta`` (0.0974 at 0, 0.0975 at 0.02, 0.119 at 8), and likewise
+with a narrow (variance 0.01) and a broad component (0.2215, 0.2215, 0.240); with the uncapped residual rule the
+narrow component's trace gradient at low noise threw the iterates off even at ``eta = 0.02``
+(``benchmarks/bench_stsl_gaussian.py``). On ``natural-latent`` the paper's weight moves the held-out mean PSNR by
+-0.13 to +0.31 dB (up to 0.7 dB per image, both signs), no more than rounding does: the same runs on a CPU and a
+GPU differ by up to 1.3 dB per image.
 """
 from __future__ import annotations
 
@@ -63,14 +73,17 @@ def hutchinson_trace(prior, z: torch.Tensor, t, probe: torch.Tensor, c: float = 
     return -(probe * (e2 - e)).flatten(1).sum(1) / (h * sd)
 
 
-@register_sampler("stsl", defaults=dict(steps=50, inner=2, lam=1.0, rho=0.5, eta=0.02, c=1.0, gluing=0.0,
-                                        normalize=True, init="adjoint", pinv_iters=30),
-                  requires="differentiable", latent_ok=True,
+STEP_RULES = ("polyak", "residual", "fixed")
+
+
+@register_sampler("stsl", defaults=dict(steps=50, inner=2, lam=1.0, rho=1.0, eta=0.02, c=1.0, gluing=0.0,
+                                        step="polyak", init="adjoint", pinv_iters=30),
+                  requires="differentiable", latent_ok=True, version=2,
                   adjoint_knobs=lambda k: needs_adjoint(k["init"], k["gluing"]),
                   summary="STSL: DDIM + N gradient steps per step on a data term at the Tweedie mean plus a "
                           "Hutchinson trace of the score Jacobian (second-order Tweedie; latent or pixel priors)")
-def stsl(prior, op, y, *, generators, steps=50, inner=2, lam=1.0, rho=0.5, eta=0.02, c=1.0, gluing=0.0,
-         normalize=True, init="adjoint", pinv_iters=30, progress=False) -> SamplerOutput:
+def stsl(prior, op, y, *, generators, steps=50, inner=2, lam=1.0, rho=1.0, eta=0.02, c=1.0, gluing=0.0,
+         step="polyak", init="adjoint", pinv_iters=30, progress=False) -> SamplerOutput:
     """STSL on a latent prior (or a pixel prior, with the prior's domain map as the decoder), linear operators.
 
     Args:
@@ -78,11 +91,13 @@ def stsl(prior, op, y, *, generators, steps=50, inner=2, lam=1.0, rho=0.5, eta=0
         inner: N surrogate-loss gradient steps per outer step (default 2); each costs 2 network calls (1 if
             ``eta = 0``) and one backward pass through network(s) and decoder.
         lam: weight of the data term ``||y - A D(z0)||²`` (squared norm over all measurement entries).
-        rho: gradient step size on ``z``: ``z <- z - rho ∇L`` (``normalize=False``) or
-            ``z <- z - rho ∇L / ||y - A D(z0)||`` (``normalize=True``, default, per sample).
-        normalize: divide the step by the current residual norm (the DPS step-size rule ``zeta_t = zeta' / ||r||``).
-            Without it no fixed ``rho`` suits all noise levels: on ``natural-latent`` the data-term gradient norm
-            falls from ~440 at ``t = 900`` to ~2.4 at ``t = 10`` (deblurring).
+        rho: step size on ``z``, per sample, as the rule ``step`` says (default 1).
+        step: ``"polyak"`` (default): ``z <- z - min(rho · lam ||r||² / ||∇L||², 1 / (2 lam ||r||)) ∇L``, a
+            fraction ``rho`` of the step that zeroes the linearised data term (``r = y - A D(z0)``), never longer
+            than PSLD's step; ``"residual"``: ``z <- z - rho ∇L / ||r||`` (the DPS rule ``zeta_t = zeta' / ||r||``;
+            ``rho = 0.5`` is PSLD's scale); ``"fixed"``: ``z <- z - rho ∇L``. A fixed step suits no single noise
+            level: on ``natural-latent`` the data-term gradient norm falls from ~440 at ``t = 900`` to ~2.4 at
+            ``t = 10`` (deblurring).
         eta: weight of the trace term, divided by the latent dimension ``d`` (paper: 0.02; 0 gives the first-order
             variant with one network call per inner step).
         c: finite-difference probe scale: the score is evaluated at ``z + c sqrt(1 - abar_t) ε``.
@@ -96,6 +111,8 @@ def stsl(prior, op, y, *, generators, steps=50, inner=2, lam=1.0, rho=0.5, eta=0
     """
     if inner < 1 or int(inner) != inner:
         raise ValueError(f"inner must be a positive integer, got {inner!r}")
+    if step not in STEP_RULES:
+        raise ValueError(f"step must be one of {STEP_RULES}, got {step!r}")
     if eta < 0 or lam < 0 or rho <= 0 or c <= 0 or gluing < 0:
         raise ValueError(f"need eta, lam, gluing >= 0 and rho, c > 0; got eta={eta}, lam={lam}, rho={rho}, c={c}, "
                          f"gluing={gluing}")
@@ -119,8 +136,14 @@ def stsl(prior, op, y, *, generators, steps=50, inner=2, lam=1.0, rho=0.5, eta=0
                 if gluing > 0:
                     loss = loss + gluing * glue_term(prior, op, y, x0, z0, pinv_iters)
                 (g,) = torch.autograd.grad(loss.sum(), zt)
-            step = rho / r2.detach().sqrt().clamp_min(1e-12) if normalize else torch.full_like(r2, rho)
-            z = z - step.reshape(-1, *([1] * (z.dim() - 1))) * g
+            if step == "polyak":  # capped at PSLD's step: an unbounded Polyak step overshoots where ||∇L|| << ||r||
+                size = torch.minimum(rho * lam * r2.detach() / g.flatten(1).abs().square().sum(1).clamp_min(1e-30),
+                                     0.5 / (lam * r2.detach().sqrt()).clamp_min(1e-12))
+            elif step == "residual":
+                size = rho / r2.detach().sqrt().clamp_min(1e-12)
+            else:
+                size = torch.full_like(r2, rho)
+            z = z - size.reshape(-1, *([1] * (z.dim() - 1))) * g
         residuals.append(r2.detach().sqrt())
         if eta > 0:
             traces.append(tr.detach())
