@@ -163,7 +163,8 @@ def test_report_from_a_clone_without_reconstructions_keeps_the_figures(single, t
     with pytest.warns(UserWarning, match="reconstruction file"):
         assert harness.main(SMOKE, [f"output_dir={out}", "action=report"], progress=False) == 0
     assert {p.name: p.read_bytes() for p in sorted((out / "figures").glob("*.png"))} == before
-    assert "figures/" in (out / "report.md").read_text()
+    text = (out / "report.md").read_text()
+    assert "figures/" in text and "Figure kept from an earlier run" in text
 
 
 def test_content_hash_does_not_depend_on_the_thread_count(tmp_path):

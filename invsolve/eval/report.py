@@ -273,9 +273,13 @@ def _std_figure(path: Path, stds: Dict[str, List[Optional[np.ndarray]]], names: 
     plt.close(fig)
 
 
-def figures(out, plan: Dict[str, Any], records: Dict[str, Dict[str, Any]]) -> Dict[str, List[Path]]:
+def figures(out, plan: Dict[str, Any], records: Dict[str, Dict[str, Any]],
+            kept: Optional[Dict[str, str]] = None) -> Dict[str, List[Path]]:
     """Figure grids per task for the first suite seed and the first ``figures`` images that any method finished
-    (methods run on fewer images leave those panels empty); returns ``{task: [paths]}``."""
+    (methods run on fewer images leave those panels empty); returns ``{task: [paths]}``.
+
+    Where reconstruction files are missing (a clone: they are not versioned) an existing figure is kept rather than
+    redrawn with empty panels, and ``kept[task]`` says why (the report prints it under the figure)."""
     out = Path(out)
     n_img, seed = int(plan["suite"].get("figures") or 0), plan["suite"]["seeds"][0]
     result: Dict[str, List[Path]] = {}
@@ -311,6 +315,9 @@ def figures(out, plan: Dict[str, Any], records: Dict[str, Dict[str, Any]]) -> Di
                           f"{'kept the existing figure' if paths[0].exists() else 'no figure drawn'}", stacklevel=2)
             if paths[0].exists():
                 result[tid] = [p for p in (paths[0], out / "figures" / f"{tid}_std.png") if p.exists()]
+                if kept is not None:
+                    kept[tid] = (f"figure kept from an earlier run: {len(missing)} reconstruction file(s) were not at "
+                                 "hand to redraw it, so panels of methods re-run since then may not match the table")
             continue
         recons, psnrs, stds = {}, {}, {}
         for mid, recs in done.items():
@@ -339,7 +346,7 @@ def _task_line(plan: Dict[str, Any], t: Dict[str, Any]) -> str:
 
 
 def render(out, plan: Dict[str, Any], records: Dict[str, Dict[str, Any]], tables, figs: Dict[str, List[Path]],
-           link_base: Path, level: int = 1) -> str:
+           link_base: Path, level: int = 1, kept: Optional[Dict[str, str]] = None) -> str:
     """The report body (markdown); figure links relative to ``link_base``; headings start at ``level``."""
     h = "#" * level
     suite = plan["suite"]
@@ -384,6 +391,8 @@ def render(out, plan: Dict[str, Any], records: Dict[str, Dict[str, Any]], tables
             lines += ["No method applies to this task.", ""]
         for p in figs.get(tid, []):
             lines += [f"![{p.stem}]({os.path.relpath(p, link_base)})", ""]
+        if kept and tid in kept:
+            lines += [f"*{kept[tid][0].upper()}{kept[tid][1:]}.*", ""]
     na = [(k, v["reason"]) for k, v in plan["pairs"].items() if v["status"] == "n/a"]
     if na:
         lines += [f"{h}# Pairs that do not apply (skipped)", ""] + [f"- `{k}`: {r}" for k, r in na] + [""]
@@ -429,10 +438,12 @@ def write_report(out, benchmarks: Optional[str] = None) -> Path:
     records = collect(out, plan)
     tables = summarize(plan, records)
     write_csv(out, plan, records, tables)
-    figs = figures(out, plan, records)
-    report = write_atomic(out / "report.md", lambda t: t.write_text(render(out, plan, records, tables, figs, out)))
+    kept: Dict[str, str] = {}
+    figs = figures(out, plan, records, kept)
+    report = write_atomic(out / "report.md",
+                          lambda t: t.write_text(render(out, plan, records, tables, figs, out, kept=kept)))
     if benchmarks:
         bpath = Path(benchmarks)
         update_benchmarks(bpath, plan["suite"]["name"],
-                          render(out, plan, records, tables, figs, bpath.resolve().parent, level=2))
+                          render(out, plan, records, tables, figs, bpath.resolve().parent, level=2, kept=kept))
     return report
