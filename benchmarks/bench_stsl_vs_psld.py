@@ -87,7 +87,8 @@ def methods(task: str, validate: bool, results: Path = RESULTS):
     """name -> (sampler, knobs)."""
     if validate:  # "stsl_rho<r>": the residual (DPS) rule, measured before the Polyak step became the default
         return {**{f"stsl_polyak_rho{r}": ("stsl", dict(steps=50, rho=r)) for r in RHOS["polyak"]},
-                **{f"stsl_rho{r}": ("stsl", dict(steps=50, rho=r, step="residual")) for r in RHOS["residual"]}}
+                **{f"stsl_rho{r}": ("stsl", dict(steps=50, rho=r, step="residual")) for r in RHOS["residual"]},
+                "psld1000": ("psld", dict(steps=1000))}  # reference: how much of the held-out gap is the prior
     rho = tuned_rho(task, results)
     return {"stsl": ("stsl", dict(steps=50, rho=rho)),
             "stsl_eta0": ("stsl", dict(steps=50, rho=rho, eta=0.0)),
@@ -144,8 +145,9 @@ def merge(results: Path = RESULTS):
         v = results / f"stsl_vs_psld_validation_{task}.json"
         if v.exists():
             runs = json.loads(v.read_text())["methods"]
-            out["validation"][task] = {k: {"rho": m["knobs"]["rho"], "psnr_mean": sum(m["psnr"]) / len(m["psnr"]),
-                                           "rule": "polyak" if k.startswith("stsl_polyak_") else "residual",
+            out["validation"][task] = {k: {"rho": m["knobs"].get("rho"), "psnr_mean": sum(m["psnr"]) / len(m["psnr"]),
+                                           "rule": "polyak" if k.startswith("stsl_polyak_") else
+                                           "residual" if k.startswith("stsl_") else k,
                                            "n_images": len(m["psnr"])} for k, m in runs.items()}
         p = results / f"stsl_vs_psld_{task}.json"
         if not p.exists():
@@ -215,6 +217,10 @@ def markdown(out: dict) -> str:
             cells = [("**%.2f**" if r == best else "%.2f") % by[r] if r in by else "–" for r in rhos]
             lines.append(f"| {task} | " + " | ".join(cells) + f" | {v[0]['n_images']} |")
         lines.append("")
+    ref = {t: [r for r in v.values() if r["rule"] == "psld1000"] for t, v in out.get("validation", {}).items()}
+    if any(ref.values()):
+        lines += ["PSLD with 1000 steps on the same validation crops (reference, not tuned): " + ", ".join(
+            f"{t} {r[0]['psnr_mean']:.2f} dB" for t, r in ref.items() if r) + ".", ""]
     return "\n".join(lines)
 
 
