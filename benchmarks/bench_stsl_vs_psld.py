@@ -13,8 +13,8 @@ Metrics: PSNR / SSIM (data range 1) per image, NFE (batched network calls) and w
 autoencoder ceiling PSNR of ``D(E(x))``.
 
 * ``--validate``: STSL's step size ``rho`` (both step rules) is chosen on VALIDATION crops of the training photos
-  (``natural`` training source, generator seed 2024), never on the held-out test photos; results go to
-  ``results/stsl_vs_psld_validation_<task>.json``.
+  (``natural`` training source, generator seed 2024), never on the held-out test photos; PSLD with 1000 steps runs
+  there too, as a reference; results go to ``results/stsl_vs_psld_validation_<task>.json``.
 * default: held-out photos (``invsolve.data.natural.heldout_photos``, full views of astronaut, coffee, chelsea,
   flower), results per task in ``results/stsl_vs_psld_<task>.json`` (resumable: finished methods are skipped);
   ``--merge`` combines them into ``results/stsl_vs_psld.json``.
