@@ -165,6 +165,9 @@ def test_bad_knobs_are_errors(gauss):
         stsl(gauss, op, y, generators=_gens(1), steps=2, init="zeros")
     with pytest.raises(ValueError, match="step must be one of .*polyak.*'newton'"):
         stsl(gauss, op, y, generators=_gens(1), steps=2, step="newton")
+    with pytest.raises(ValueError, match="lam must be > 0 with step='polyak'"):
+        stsl(gauss, op, y, generators=_gens(1), steps=2, lam=0.0)
+    assert torch.isfinite(stsl(gauss, op, y, generators=_gens(1), steps=2, lam=0.0, step="fixed", rho=0.01).x).all()
 
 
 def test_step_rules_and_their_scale_invariances(gauss):

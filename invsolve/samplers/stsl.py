@@ -113,6 +113,9 @@ def stsl(prior, op, y, *, generators, steps=50, inner=2, lam=1.0, rho=1.0, eta=0
         raise ValueError(f"inner must be a positive integer, got {inner!r}")
     if step not in STEP_RULES:
         raise ValueError(f"step must be one of {STEP_RULES}, got {step!r}")
+    if step == "polyak" and lam == 0:
+        raise ValueError("lam must be > 0 with step='polyak' (its step is a fraction of the data term; with lam = 0 "
+                         "it would never move): use step='fixed' for the trace term alone")
     if eta < 0 or lam < 0 or rho <= 0 or c <= 0 or gluing < 0:
         raise ValueError(f"need eta, lam, gluing >= 0 and rho, c > 0; got eta={eta}, lam={lam}, rho={rho}, c={c}, "
                          f"gluing={gluing}")
