@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine, update_benchmarks_md, write_json, write_result  # noqa: E402
+from _common import RESULTS, machine, update_benchmarks_md, write_json  # noqa: E402
 
 SIGMA_Y = 0.01
 TASKS = ("deblur", "sr", "inpaint")
@@ -44,17 +44,20 @@ RHOS = {"polyak": (0.1, 0.3, 1.0),  # STSL step sizes tried on validation crops,
         "residual": (0.05, 0.1, 0.15, 0.25, 0.5)}
 
 
-RESIDUAL_RHO = {"deblur": 0.15, "sr": 0.15, "inpaint": 0.25}  # best residual-rule rho on validation (table)
+def rule_of(name: str) -> str:
+    """The STSL step rule of a validation run's name (``stsl_polyak_rho<r>`` / ``stsl_rho<r>``), else the name."""
+    return "polyak" if name.startswith("stsl_polyak_") else "residual" if name.startswith("stsl_rho") else name
 
 
-def tuned_rho(task: str, results: Path = RESULTS) -> float:
-    """STSL ``rho`` with the best mean validation PSNR (``--validate`` results); 0.5 if none are there yet."""
+def tuned_rho(task: str, results: Path = RESULTS, rule: str = "polyak") -> float:
+    """STSL ``rho`` of step rule ``rule`` with the best mean validation PSNR (``--validate`` results); the sampler's
+    default if none are there yet."""
     p = results / f"stsl_vs_psld_validation_{task}.json"
     runs = json.loads(p.read_text())["methods"] if p.exists() else {}
-    runs = {k: v for k, v in runs.items() if k.startswith("stsl_polyak_")}
+    runs = [v for k, v in runs.items() if rule_of(k) == rule]
     if not runs:
-        return 1.0
-    best = max(runs.values(), key=lambda m: sum(m["psnr"]) / len(m["psnr"]))
+        return 1.0 if rule == "polyak" else 0.5
+    best = max(runs, key=lambda m: sum(m["psnr"]) / len(m["psnr"]))
     return float(best["knobs"]["rho"])
 
 
@@ -89,11 +92,11 @@ def methods(task: str, validate: bool, results: Path = RESULTS):
         return {**{f"stsl_polyak_rho{r}": ("stsl", dict(steps=50, rho=r)) for r in RHOS["polyak"]},
                 **{f"stsl_rho{r}": ("stsl", dict(steps=50, rho=r, step="residual")) for r in RHOS["residual"]},
                 "psld1000": ("psld", dict(steps=1000))}  # reference: how much of the held-out gap is the prior
-    rho = tuned_rho(task, results)
+    rho, rho_res = tuned_rho(task, results), tuned_rho(task, results, "residual")
     return {"stsl": ("stsl", dict(steps=50, rho=rho)),
             "stsl_eta0": ("stsl", dict(steps=50, rho=rho, eta=0.0)),
-            "stsl_residual": ("stsl", dict(steps=50, rho=RESIDUAL_RHO[task], step="residual")),
-            "stsl_residual_eta0": ("stsl", dict(steps=50, rho=RESIDUAL_RHO[task], step="residual", eta=0.0)),
+            "stsl_residual": ("stsl", dict(steps=50, rho=rho_res, step="residual")),
+            "stsl_residual_eta0": ("stsl", dict(steps=50, rho=rho_res, step="residual", eta=0.0)),
             "psld50": ("psld", dict(steps=50)),
             "psld200": ("psld", dict(steps=200)),
             "psld1000": ("psld", dict(steps=1000))}  # the reference step count (4x STSL's NFE)
@@ -108,7 +111,8 @@ def run_task(task: str, validate: bool, n: int, only=None, prior_src: str = "nat
     x, names = images(validate, n)
     op = operator(task)
     g = torch.Generator().manual_seed(7)
-    y = op(x) + SIGMA_Y * torch.randn(op(x).shape, generator=g)  # measured on CPU: the same y on every device
+    ax = op(x)
+    y = ax + SIGMA_Y * torch.randn(ax.shape, generator=g)  # measured on CPU: the same y on every device
     name = f"stsl_vs_psld_{'validation_' if validate else ''}{task}"
     results.mkdir(parents=True, exist_ok=True)
     path = results / f"{name}.json"
@@ -146,8 +150,7 @@ def merge(results: Path = RESULTS):
         if v.exists():
             runs = json.loads(v.read_text())["methods"]
             out["validation"][task] = {k: {"rho": m["knobs"].get("rho"), "psnr_mean": sum(m["psnr"]) / len(m["psnr"]),
-                                           "rule": "polyak" if k.startswith("stsl_polyak_") else
-                                           "residual" if k.startswith("stsl_") else k,
+                                           "rule": rule_of(k),
                                            "n_images": len(m["psnr"])} for k, m in runs.items()}
         p = results / f"stsl_vs_psld_{task}.json"
         if not p.exists():
@@ -163,7 +166,7 @@ def merge(results: Path = RESULTS):
         out["summary"][task]["autoencoder_ceiling"] = {"psnr_mean": sum(c["psnr"]) / len(c["psnr"]),
                                                        "ssim_mean": sum(c["ssim"]) / len(c["ssim"])}
     print(json.dumps(out["summary"], indent=1))
-    path = write_result("stsl_vs_psld", out)
+    path = write_json(results / "stsl_vs_psld.json", out, indent=2)
     update_benchmarks_md("stsl-vs-psld", markdown(out))
     return path
 
