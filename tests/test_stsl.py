@@ -187,6 +187,31 @@ def test_step_rules_and_their_scale_invariances(gauss):
     assert min((a - b).abs().max() for i, a in enumerate(outs) for b in outs[i + 1:]) > 1e-3
 
 
+def test_polyak_cap_bounds_the_step(gauss):
+    """``cap`` bounds the Polyak step at ``cap`` times PSLD's step: a vanishing cap leaves the unguided iterates
+    (the same as a vanishing fixed step), an infinite one differs from the default; ``cap <= 0`` is an error."""
+    op, y, _ = _problem(gauss, n_items=2)
+    y = y.double()
+
+    def run(**kw):
+        return stsl(gauss, op, y, generators=_gens(2), steps=4, eta=0.0, **kw).x
+
+    torch.testing.assert_close(run(cap=1e-12), run(step="fixed", rho=1e-30), rtol=0, atol=1e-9)
+    assert (run(cap=float("inf")) - run()).abs().max() > 1e-3
+    assert (run(cap=1e-12) - run()).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="cap > 0.*cap=0"):
+        run(cap=0.0)
+
+
+def test_default_cap_leaves_the_evaluation_identity_unchanged():
+    """Stored evaluation results of STSL stay valid: at cap 1 the knobs hash as before the option existed."""
+    from invsolve.samplers.base import get_sampler, resolve_knobs
+
+    spec = get_sampler("stsl")
+    assert "cap" not in spec.identity_knobs(resolve_knobs(spec, {}))
+    assert spec.identity_knobs(resolve_knobs(spec, {"cap": 4.0}))["cap"] == 4.0
+
+
 @pytest.mark.parametrize("sampler,adjoint_knob,free", [("stsl", "init='adjoint'", dict(init="noise")),
                                                        ("psld", "gluing term", dict(gamma=0.0))])
 def test_nonlinear_operator_needs_knobs_without_adjoint(sampler, adjoint_knob, free):
