@@ -41,7 +41,9 @@ Decisions we had to make (flagged [DESIGN] in ALGORITHMS.md):
   (``configs/reconstruct/*_stsl.yaml``) set them per task (deblur rho 0.3 / cap 16, SR 1 / 16, inpaint 0.3 / 4).
   There the Polyak step gave 26.4 / 25.3 / 27.9 dB (deblur / SR / inpaint; 25.6 / 23.6 / 27.0 with cap 1) against
   23.0 / 19.0 / 22.1 dB for the best residual-rule ``rho``; on the held-out photos 20.0 / 20.2 / 22.9 dB (cap 1:
-  18.4 / 16.9 / 21.0; residual rule 15.9 / 14.3 / 17.8; ``BENCHMARKS.md``);
+  18.4 / 16.9 / 21.0; residual rule 15.9 / 14.3 / 17.8; ``BENCHMARKS.md``). Over 4 seeds on one device that
+  matches PSLD with 1000 steps at a quarter of its network calls: 20.30 / 20.01 / 23.01 dB against 20.44 / 19.68 /
+  22.80, no difference significant;
 * PSLD's gluing term is optional (``gluing``, default 0: the paper's loss as quoted has none).
 
 On a Gaussian prior the trace of the Hessian is constant, so the trace term has zero gradient there and STSL
