@@ -18,6 +18,10 @@ class DTypeError(InvsolveError, TypeError):
     """A tensor has the wrong dtype (e.g. real data for a complex operator)."""
 
 
+class InvalidValueError(InvsolveError, ValueError):
+    """A value is outside what an argument, option or config key accepts (the message names both)."""
+
+
 class UnknownNameError(InvsolveError, KeyError):
     """An unknown prior / sampler / operator / config key was requested."""
 

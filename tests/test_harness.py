@@ -282,7 +282,7 @@ tasks:
   - {{id: future, task: no-such-task, views: 30}}
 methods:
   - {{id: zf, sampler: adjoint}}
-  - {{id: bad-cg, sampler: cg, options: {{reg: -1.0}}, tasks: [mri-4x]}}
+  - {{id: bad-cg, sampler: test-fails, options: {{fail: true}}, tasks: [mri-4x]}}
   - {{id: fbp, sampler: fbp}}
   - {{id: later, sampler: no-such-sampler}}
 device: cpu
@@ -290,7 +290,23 @@ figures: 0
 """
 
 
-def test_failed_item_recorded_not_fatal_and_unavailable_listed(tmp_path):
+@pytest.fixture
+def failing_sampler():
+    """A classical sampler registered for one test that fails at run time when ``fail=True``."""
+    from invsolve.samplers import base
+    from invsolve.samplers.knobs import Bool
+
+    @base.register_sampler("test-fails", knobs=dict(fail=Bool("raise at run time")), needs_prior=False)
+    def _fails(prior, op, y, *, generators=None, fail=True, progress=False):
+        if fail:
+            raise RuntimeError("reg must be >= 0 (a failure at run time)")
+        return base.SamplerOutput(x=op.adjoint(y))
+
+    yield
+    base._REGISTRY.pop("test-fails", None)
+
+
+def test_failed_item_recorded_not_fatal_and_unavailable_listed(tmp_path, failing_sampler):
     out = tmp_path / "tiny"
     path = _suite(tmp_path, TINY.format(out=out))
     assert harness.main(path, [], progress=False) == 1  # one item failed: non-zero exit, suite completed
@@ -307,7 +323,7 @@ def test_failed_item_recorded_not_fatal_and_unavailable_listed(tmp_path):
     before = (out / "items" / "mri-4x" / "bad-cg" / "i000_s0.json").read_text()
     assert harness.main(path, [], progress=False) == 1  # failures are not retried by default ...
     assert (out / "items" / "mri-4x" / "bad-cg" / "i000_s0.json").read_text() == before
-    assert harness.main(path, ["methods.bad-cg.options.reg=0.0"], progress=False) == 0  # ... a fixed config reruns
+    assert harness.main(path, ["methods.bad-cg.options.fail=false"], progress=False) == 0  # ... a fixed config reruns
     assert json.loads((out / "items" / "mri-4x" / "bad-cg" / "i000_s0.json").read_text())["status"] == "ok"
 
 

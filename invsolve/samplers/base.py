@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..errors import InvsolveError, UnknownNameError
+from .knobs import Knob
 
 
 @dataclass
@@ -41,8 +42,10 @@ class SamplerOutput:
 
 @dataclass
 class SamplerSpec:
-    """A registered sampler: its function, defaults and requirements.
+    """A registered sampler: its function, options and requirements.
 
+    ``defaults`` come from the function's signature (every keyword-only parameter but ``generators`` and
+    ``progress``); ``knobs`` declares, for each of them, what it accepts and means (:class:`~.knobs.Knob`).
     ``requires``: ``"linear"`` (needs ``adjoint``), ``"differentiable"`` (autograd through ``A``) or
     ``"forward"`` (black-box forward evaluations only). ``needs_prior``: diffusion prior required.
     """
@@ -63,6 +66,7 @@ class SamplerSpec:
     # bumped when a default or the update rule changes what the same knobs compute; part of a result's
     # configuration hash from version 2 on, so stored evaluation results of the older rule are re-run
     version: int = 1
+    knob_specs: Dict[str, Knob] = field(default_factory=dict)
 
     def identity_knobs(self, knobs: Dict[str, Any]) -> Dict[str, Any]:
         """``knobs`` without the neutral options that are at their default."""
@@ -71,21 +75,48 @@ class SamplerSpec:
     def knobs(self) -> List[str]:
         return sorted(self.defaults)
 
+    def describe(self) -> Dict[str, Dict[str, Any]]:
+        """Option -> ``{"default", "accepts", "doc"}`` (what ``invsolve list --sampler NAME`` prints)."""
+        return {k: {"default": self.defaults[k], "accepts": self.knob_specs[k].describe(),
+                    "doc": self.knob_specs[k].doc} for k in self.knobs()}
+
 
 _REGISTRY: Dict[str, SamplerSpec] = {}
+_NOT_KNOBS = ("generators", "progress")
 
 
-def register_sampler(name: str, *, defaults: Optional[Dict[str, Any]] = None, requires: str = "linear",
-                     needs_prior: bool = True, latent_ok: bool = False, summary: str = "",
-                     neutral: Tuple[str, ...] = (), adjoint_knobs=None, version: int = 1):
-    """Decorator registering a sampler function under ``name`` with its default knobs (``neutral``, ``version``:
-    see :class:`SamplerSpec`)."""
+def signature_defaults(fn: Callable) -> Dict[str, Any]:
+    """Keyword-only parameters of a sampler function with their defaults (``generators``/``progress`` excluded)."""
+    out = {}
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in _NOT_KNOBS:
+            if p.default is inspect.Parameter.empty:
+                raise TypeError(f"sampler option {p.name!r} of {fn.__name__} needs a default")
+            out[p.name] = p.default
+    return out
+
+
+def register_sampler(name: str, *, knobs: Dict[str, Knob], requires: str = "linear", needs_prior: bool = True,
+                     latent_ok: bool = False, summary: str = "", neutral: Tuple[str, ...] = (), adjoint_knobs=None,
+                     version: int = 1):
+    """Decorator registering a sampler function under ``name``.
+
+    Its options and their defaults are the function's keyword-only parameters; ``knobs`` declares what each one
+    accepts (every option must be declared, and only those). ``neutral``, ``version``: see :class:`SamplerSpec`.
+    """
 
     def deco(fn):
+        defaults = signature_defaults(fn)
+        missing, extra = sorted(set(defaults) - set(knobs)), sorted(set(knobs) - set(defaults))
+        if missing or extra:
+            raise TypeError(f"sampler {name!r}: knobs= must declare exactly the signature's options; "
+                            f"undeclared {missing}, not in the signature {extra}")
+        for k, v in defaults.items():  # the declared range must admit the default
+            knobs[k].check(v, f"default of sampler {name!r}: {k}")
         doc = (fn.__doc__ or "").strip().splitlines()
-        _REGISTRY[name] = SamplerSpec(name, fn, dict(defaults or {}), requires, needs_prior, latent_ok,
+        _REGISTRY[name] = SamplerSpec(name, fn, defaults, requires, needs_prior, latent_ok,
                                       summary or (doc[0] if doc else ""), tuple(neutral), adjoint_knobs,
-                                      int(version))
+                                      int(version), dict(knobs))
         return fn
 
     return deco
@@ -105,25 +136,30 @@ def _load_builtin():
 
 def get_sampler(name: str) -> SamplerSpec:
     _load_builtin()
-    if name not in _REGISTRY:
+    if not isinstance(name, str) or name not in _REGISTRY:
         raise UnknownNameError(f"unknown sampler {name!r}; available: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
 
 
 def available_samplers() -> Dict[str, str]:
-    """Sampler names -> one-line summaries."""
+    """Sampler names -> one-line summaries (``get_sampler(name).describe()`` lists a sampler's options)."""
     _load_builtin()
     return {k: v.summary for k, v in sorted(_REGISTRY.items())}
 
 
 def resolve_knobs(spec: SamplerSpec, knobs: Dict[str, Any]) -> Dict[str, Any]:
-    """Registered defaults overridden by ``knobs``; unknown knobs raise an error listing the valid ones."""
+    """Registered defaults overridden by ``knobs``, each value checked against its declaration.
+
+    Unknown names raise :class:`UnknownNameError` listing the valid ones; values outside what an option accepts
+    raise :class:`~invsolve.errors.InvalidValueError` naming the sampler, the option, the value and the range.
+    """
     unknown = sorted(set(knobs) - set(spec.defaults))
     if unknown:
         raise UnknownNameError(f"unknown option(s) {unknown} for sampler {spec.name!r}; valid options: "
                                f"{', '.join(spec.knobs()) or 'none'}")
     out = dict(spec.defaults)
-    out.update(knobs)
+    for k, v in knobs.items():
+        out[k] = spec.knob_specs[k].check(v, f"sampler {spec.name!r}: {k}")
     return out
 
 

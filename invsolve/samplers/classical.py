@@ -6,9 +6,10 @@ import torch
 from ..errors import InvsolveError
 from ..linalg import cg as _cg
 from .base import SamplerOutput, register_sampler
+from .knobs import Any_, Float, Int
 
 
-@register_sampler("adjoint", defaults={}, needs_prior=False,
+@register_sampler("adjoint", knobs={}, needs_prior=False,
                   summary="Aᴴy: zero-filled reconstruction (MRI) / unfiltered back-projection (CT)")
 @torch.no_grad()
 def adjoint(prior, op, y, *, generators=None, progress=False) -> SamplerOutput:
@@ -16,7 +17,10 @@ def adjoint(prior, op, y, *, generators=None, progress=False) -> SamplerOutput:
     return SamplerOutput(x=op.adjoint(y))
 
 
-@register_sampler("cg", defaults=dict(iterations=30, reg=0.0, tol=1e-6), needs_prior=False,
+@register_sampler("cg", knobs=dict(iterations=Int(1, doc="CG iterations at most"),
+                                   reg=Float(0, doc="Tikhonov weight reg in ||y - Ax||² + reg ||x||²"),
+                                   tol=Float(0, doc="relative residual tolerance (0: run all iterations)")),
+                  needs_prior=False,
                   summary="least squares by CG on the normal equations (CG-SENSE for MRI); reg>0: Tikhonov")
 @torch.no_grad()
 def cg_sense(prior, op, y, *, generators=None, iterations=30, reg=0.0, tol=1e-6, progress=False) -> SamplerOutput:
@@ -32,7 +36,8 @@ def cg_sense(prior, op, y, *, generators=None, iterations=30, reg=0.0, tol=1e-6,
                                         "cg_residual": res.residual_norm.tolist()})
 
 
-@register_sampler("fbp", defaults=dict(filter="ramp"), needs_prior=False,
+@register_sampler("fbp", knobs=dict(filter=Any_("filter name of the operator's fbp() (e.g. 'ramp')", optional=False)),
+                  needs_prior=False,
                   summary="filtered back-projection (CT operators with an .fbp method)")
 @torch.no_grad()
 def fbp(prior, op, y, *, generators=None, filter="ramp", progress=False) -> SamplerOutput:

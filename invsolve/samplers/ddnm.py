@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 
 from .base import SamplerOutput, progress_bar, randn, register_sampler
+from .knobs import STEPS, Float, Int
 from .unconditional import ddim_grid
 
 
@@ -51,7 +52,11 @@ def renoise(x0: torch.Tensor, e: torch.Tensor, n: torch.Tensor, ab_next: float, 
     return ab_next**0.5 * (x0 + sigma * (eta * n + (1 - eta**2) ** 0.5 * e))
 
 
-@register_sampler("ddnm", defaults=dict(steps=100, eta=0.85, sigma_y=0.0, pinv_iters=100, pinv_reg=None),
+@register_sampler("ddnm", knobs=dict(steps=STEPS,
+                                     eta=Float(0, 1, doc="fraction (in std) of fresh noise when re-noising"),
+                                     sigma_y=Float(0, doc="noise std of y (>0: DDNM+)"),
+                                     pinv_iters=Int(1, doc="CG iterations for A⁺ without a closed form"),
+                                     pinv_reg=Float(0, optional=True, doc="Tikhonov weight of A⁺ (None: derived)")),
                   summary="DDNM / DDNM+: range-space replacement x0 + A⁺(y - A x0) per step, no network gradients")
 @torch.no_grad()
 def ddnm(prior, op, y, *, generators, steps=100, eta=0.85, sigma_y=0.0, pinv_iters=100, pinv_reg=None,

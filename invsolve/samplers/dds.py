@@ -10,6 +10,7 @@ import torch
 
 from ..linalg import cg
 from .base import SamplerOutput, progress_bar, randn, register_sampler
+from .knobs import STEPS, Any_, Bool, Choice, Float, Int, Mapping
 from .unconditional import ddim_grid
 
 
@@ -49,10 +50,19 @@ def _warm_start(prior, op, y, n, t0, init, init_knobs):
     return ab.sqrt() * prior.to_prior(x_init) + (1 - ab).sqrt() * n
 
 
-@register_sampler("dds", defaults=dict(steps=50, eta=0.85, cg_iters=5, gamma=1.0, dc="prox", renoise="reference",
-                                       reproduce_reference_rhs=False, reference_complex_inner_product=False,
-                                       reference_last_step=True, clip=None, init=None, init_knobs=None,
-                                       t_start=1.0),
+@register_sampler("dds", knobs=dict(
+    steps=STEPS, eta=Float(0, 1, doc="fraction (in std) of fresh noise when re-noising"),
+    cg_iters=Int(1, doc="CG iterations per step (M)"),
+    gamma=Float(0, low_open=True, doc="proximal weight of dc='prox': (I + gamma AᴴA) u = x0_hat + gamma Aᴴy"),
+    dc=Choice("prox", "normal", doc="data consistency: proximal form or the noiseless normal equations"),
+    renoise=Choice("reference", "ddim", doc="re-noising rule: the released code's or textbook DDIM-eta"),
+    reproduce_reference_rhs=Bool("reproduce the released code's complex right-hand side quirk"),
+    reference_complex_inner_product=Bool("reproduce the released code's unconjugated CG inner product"),
+    reference_last_step=Bool("jump straight to x0_c at t_next = 0, as released"),
+    clip=Float(0, low_open=True, optional=True, doc="clamp x0_hat to [-clip, clip] in prior space (None: off)"),
+    init=Any_("name of a classical sampler to warm-start from (None: pure noise)"),
+    init_knobs=Mapping("options of the init sampler"),
+    t_start=Float(0, 1, low_open=True, doc="warm start: fraction of the time grid that is run")),
                   summary="Decomposed Diffusion Sampler: Tweedie + a few CG steps per step, no network gradients",
                   neutral=("clip", "init", "init_knobs", "t_start"))
 @torch.no_grad()

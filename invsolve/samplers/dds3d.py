@@ -32,6 +32,7 @@ import torch
 
 from ..linalg import cg, power_iteration
 from .base import SamplerOutput, progress_bar, randn, register_sampler
+from .knobs import STEPS, Bool, Float, Int
 from .unconditional import ddim_grid
 
 
@@ -91,8 +92,14 @@ def tv_z_consistency(op, AHy, z0, d=None, w=None, *, opnorm_sq=1.0, rho=0.025, l
     return u, d, du + w - d, res.residual_norm[0]
 
 
-@register_sampler("dds-3d", defaults=dict(steps=50, eta=0.85, cg_iters=5, rho=0.025, lam=1e-4, gamma=None,
-                                          normalize=True, chunk=16, power_iterations=30, reference_last_step=True),
+@register_sampler("dds-3d", knobs=dict(
+    steps=STEPS, eta=Float(0, 1, doc="fraction (in std) of fresh noise when re-noising"),
+    cg_iters=Int(1, doc="CG iterations per step"), rho=Float(0, doc="ADMM penalty (0: independent slices)"),
+    lam=Float(0, doc="TV weight along z"),
+    gamma=Float(0, low_open=True, optional=True, doc="proximal weight towards x0_hat (None: warm start only)"),
+    normalize=Bool("divide the data term by ||A||²"), chunk=Int(1, doc="slices per network call"),
+    power_iterations=Int(1, doc="power-iteration steps for ||A||²"),
+    reference_last_step=Bool("jump straight to x0_c at t_next = 0, as released")),
                   summary="DDS on a volume (the batch = slices): ADMM with TV along z, CG inside, chunked network")
 @torch.no_grad()
 def dds3d(prior, op, y, *, generators, steps=50, eta=0.85, cg_iters=5, rho=0.025, lam=1e-4,

@@ -13,10 +13,15 @@ import torch
 
 from .base import SamplerOutput, progress_bar, randn, register_sampler
 from .ddnm import pinv, unit
+from .knobs import STEPS, Float, Int
 from .unconditional import ddim_grid
 
 
-@register_sampler("diffpir", defaults=dict(steps=100, lam=8.0, sigma_y=0.05, zeta=1.0, cg_iters=10),
+@register_sampler("diffpir", knobs=dict(steps=STEPS,
+                                        lam=Float(0, doc="prior weight in rho_t = lam sigma_y² / sigma_t²"),
+                                        sigma_y=Float(0, doc="noise std of y (also the regularisation floor)"),
+                                        zeta=Float(0, 1, doc="fraction (in variance) of fresh noise"),
+                                        cg_iters=Int(1, doc="CG iterations of the proximal step")),
                   summary="DiffPIR: plug-and-play HQS, proximal data step argmin ||y-Az||² + rho_t ||z - x0_hat||²")
 @torch.no_grad()
 def diffpir(prior, op, y, *, generators, steps=100, lam=8.0, sigma_y=0.05, zeta=1.0, cg_iters=10,

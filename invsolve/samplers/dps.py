@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .base import SamplerOutput, progress_bar, randn, register_sampler
+from .knobs import STEPS, Choice, Float
 from .unconditional import ddim_grid
 
 
@@ -71,7 +72,10 @@ def _edm_step(prior, x, t, t_next, x0, n):
     return x * (1 + b / 2) + b * score + b**0.5 * n
 
 
-@register_sampler("dps", defaults=dict(steps=1000, scale=0.5, clip=1.0, variance="betatilde", form="ddpm"),
+@register_sampler("dps", knobs=dict(steps=STEPS, scale=Float(0, doc="step size on grad ||y - A(x0_hat)||"),
+                                    clip=Float(0, low_open=True, optional=True, doc="clamp x0_hat to [-clip, clip]"),
+                                    variance=Choice("betatilde", "beta", doc="ancestral noise variance"),
+                                    form=Choice("ddpm", "edm", doc="ancestral DDPM step or Euler-Maruyama VP-SDE")),
                   requires="differentiable",
                   summary="Diffusion Posterior Sampling: ancestral DDPM + gradient of ||y - A(x0_hat)|| through "
                           "the network")

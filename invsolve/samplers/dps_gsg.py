@@ -21,6 +21,7 @@ from ..errors import InvsolveError
 from .base import SamplerOutput, progress_bar, randn, register_sampler
 from .dps import ancestral_coefficients, clip_x0
 from .enkg import NonFiniteEnsembleError
+from .knobs import STEPS, Choice, Float, Int
 from .unconditional import ddim_grid
 
 
@@ -61,8 +62,13 @@ def gsg_gradient(op, y: torch.Tensor, z: torch.Tensor, generators, prior, querie
     return grad, L[:, 0], B * m
 
 
-@register_sampler("dps-gsg", defaults=dict(steps=1000, scale=0.5, queries=64, mu=0.01, estimator="central",
-                                           jacobian="network", clip=1.0, variance="betatilde"),
+@register_sampler("dps-gsg", knobs=dict(
+    steps=STEPS, scale=Float(0, doc="DPS step size"), queries=Int(1, doc="forward evaluations per step"),
+    mu=Float(0, low_open=True, doc="smoothing radius in prior space"),
+    estimator=Choice("central", "forward", doc="Gaussian-smoothing estimator"),
+    jacobian=Choice("network", "identity", doc="chain rule through the network or not"),
+    clip=Float(0, low_open=True, optional=True, doc="clamp x0_hat to [-clip, clip]"),
+    variance=Choice("betatilde", "beta", doc="ancestral noise variance")),
                   requires="forward",
                   summary="Zero-order DPS: Gaussian-smoothing gradient of ||y - G(x0_hat)|| from forward "
                           "evaluations only (black-box baseline)")

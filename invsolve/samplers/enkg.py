@@ -38,7 +38,8 @@ from typing import List
 import torch
 
 from ..errors import InvsolveError
-from .base import SamplerOutput, progress_bar, register_sampler
+from .base import SamplerOutput, progress_bar, register_sampler, signature_defaults
+from .knobs import STEPS, Any_, Bool, Choice, Float, Int
 from .localization import check_taper
 
 
@@ -185,12 +186,21 @@ def cost(steps: int, updates: int, thr_start: float, thr_end: float, inner_div: 
             "nfe_per_particle": steps + updates * sum(inner_steps(i, steps, inner_div, max_inner) for i in gs)}
 
 
-DEFAULTS = dict(steps=80, ensemble_size=512, updates=2, guidance=2.0, thr_start=0.05, thr_end=0.05,
-                lr_min_ratio=0.0, inner_div=4, max_inner=20, normalize="frobenius", kalman_reg=1.0,
-                localize=None, max_step=None, sigma_max=80.0, sigma_min=0.002, rho=7.0, batch=64, return_particles=True)
-
-
-@register_sampler("enkg", defaults=DEFAULTS, requires="forward",
+@register_sampler("enkg", knobs=dict(
+    steps=STEPS, ensemble_size=Int(2, doc="particles J per measurement"),
+    updates=Int(0, doc="Kalman updates K per guided step"), guidance=Float(0, doc="guidance weight w"),
+    thr_start=Float(0, 1, doc="start of the guided window (fraction of steps)"),
+    thr_end=Float(0, 1, doc="end margin of the guided window (fraction of steps)"),
+    lr_min_ratio=Float(0, 1, doc="linear decay floor of w"), inner_div=Int(1, doc="inner-step divisor"),
+    max_inner=Int(1, doc="most PF-ODE steps inside one prediction"),
+    normalize=Choice("frobenius", "trace", "none", "kalman", doc="step normalisation"),
+    kalman_reg=Float(0, low_open=True, doc="ridge of normalize='kalman'"),
+    localize=Any_("covariance localisation: None, a radius in grid cells or a taper tensor"),
+    max_step=Float(0, low_open=True, optional=True, doc="trust region in units of sigma_i sqrt(d) (None: off)"),
+    sigma_max=Float(0, low_open=True, doc="largest EDM noise level"),
+    sigma_min=Float(0, low_open=True, doc="smallest EDM noise level"), rho=Float(0, low_open=True, doc="EDM grid rho"),
+    batch=Int(1, doc="particles per network call"), return_particles=Bool("return every particle in info")),
+                  requires="forward",
                   summary="Ensemble Kalman diffusion guidance: derivative-free, forward evaluations of A only "
                           "(black boxes, PDE solvers)")
 @torch.no_grad()
@@ -324,7 +334,7 @@ def _taper(localize, op, normalize):
 def budget(ensemble_size: int, **knobs) -> dict:
     """Cost of an EnKG run with these knobs (defaults filled in) for one measurement: network evaluations and
     forward-model evaluations, e.g. to match a baseline's budget."""
-    kn = {k: knobs.get(k, v) for k, v in DEFAULTS.items()}
+    kn = {k: knobs.get(k, v) for k, v in signature_defaults(enkg).items()}
     c = cost(kn["steps"], kn["updates"], kn["thr_start"], kn["thr_end"], kn["inner_div"], kn["max_inner"])
     c.update(network_evaluations=c["nfe_per_particle"] * ensemble_size,
              forward_evaluations=c["forward_calls"] * ensemble_size)

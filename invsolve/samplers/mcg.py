@@ -16,10 +16,14 @@ import torch
 from .base import SamplerOutput, progress_bar, randn, register_sampler
 from .ddnm import lin_from_prior, lin_to_prior, pinv
 from .dps import ancestral_coefficients, norm_grad
+from .knobs import STEPS, Choice, Float, Int
 from .unconditional import ddim_grid
 
 
-@register_sampler("mcg", defaults=dict(steps=1000, scale=0.5, clip=1.0, variance="betatilde", pinv_iters=30),
+@register_sampler("mcg", knobs=dict(steps=STEPS, scale=Float(0, doc="DPS step size"),
+                                    clip=Float(0, low_open=True, optional=True, doc="clamp x0_hat to [-clip, clip]"),
+                                    variance=Choice("betatilde", "beta", doc="ancestral noise variance"),
+                                    pinv_iters=Int(1, doc="CG iterations for A⁺ without a closed form")),
                   summary="Manifold Constrained Gradient: DPS step + projection onto the noised measurement set")
 def mcg(prior, op, y, *, generators, steps=1000, scale=0.5, clip=1.0, variance="betatilde", pinv_iters=30,
         progress=False) -> SamplerOutput:

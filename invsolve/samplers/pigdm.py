@@ -15,6 +15,7 @@ import torch
 
 from .base import SamplerOutput, progress_bar, randn, register_sampler
 from .ddnm import pinv, unit
+from .knobs import STEPS, Float, Int
 from .unconditional import ddim_grid
 
 
@@ -23,7 +24,10 @@ def _real_inner(u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return (u.conj() * z).real.sum() if z.is_complex() else (u * z).sum()
 
 
-@register_sampler("pigdm", defaults=dict(steps=100, eta=0.2, sigma_y=0.0, scale=1.0, pinv_iters=30),
+@register_sampler("pigdm", knobs=dict(steps=STEPS, eta=Float(0, 1, doc="DDIM stochasticity"),
+                                      sigma_y=Float(0, doc="noise std of y (0: noiseless)"),
+                                      scale=Float(0, doc="guidance weight"),
+                                      pinv_iters=Int(1, doc="CG iterations for A⁺ without a closed form")),
                   summary="ΠGDM: pseudo-inverse guidance J^T A⁺(y - A x0_hat) through the network, DDIM-eta steps")
 def pigdm(prior, op, y, *, generators, steps=100, eta=0.2, sigma_y=0.0, scale=1.0, pinv_iters=30,
           progress=False) -> SamplerOutput:

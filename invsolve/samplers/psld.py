@@ -16,6 +16,7 @@ import torch
 from ..errors import InvsolveError, ShapeError
 from .base import SamplerOutput, progress_bar, randn, register_sampler
 from .ddnm import pinv
+from .knobs import STEPS, Choice, Float, Int
 from .unconditional import ddim_grid
 
 
@@ -90,7 +91,10 @@ def needs_adjoint(init: str, gluing: float) -> "str | None":
     return None
 
 
-@register_sampler("psld", defaults=dict(steps=200, omega=1.0, gamma=0.1, init="noise", pinv_iters=30),
+@register_sampler("psld", knobs=dict(steps=STEPS, omega=Float(0, doc="step size on ||y - A D(z0)||"),
+                                     gamma=Float(0, doc="weight of the gluing term (0: off)"),
+                                     init=Choice("noise", "adjoint", "pinv", doc="initial latent"),
+                                     pinv_iters=Int(1, doc="CG iterations for A⁺ without a closed form")),
                   requires="differentiable", latent_ok=True,
                   adjoint_knobs=lambda k: needs_adjoint(k["init"], k["gamma"]),
                   summary="PSLD: DDIM + gradient of ||y - A D(z0)|| and of the gluing term through network and "

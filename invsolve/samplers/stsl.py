@@ -65,6 +65,7 @@ from __future__ import annotations
 import torch
 
 from .base import SamplerOutput, progress_bar, randn, register_sampler
+from .knobs import STEPS, Choice, Float, Int
 from .psld import ddim_update, glue_term, initial_latent, needs_adjoint
 from .unconditional import ddim_grid
 
@@ -87,8 +88,15 @@ def hutchinson_trace(prior, z: torch.Tensor, t, probe: torch.Tensor, c: float = 
 STEP_RULES = ("polyak", "residual", "fixed")
 
 
-@register_sampler("stsl", defaults=dict(steps=50, inner=2, lam=1.0, rho=1.0, eta=0.02, c=1.0, gluing=0.0,
-                                        step="polyak", cap=1.0, init="adjoint", pinv_iters=30),
+@register_sampler("stsl", knobs=dict(
+    steps=STEPS, inner=Int(1, doc="surrogate-loss gradient steps per outer step"),
+    lam=Float(0, doc="weight of the data term"), rho=Float(0, low_open=True, doc="step size (per the step rule)"),
+    eta=Float(0, doc="weight of the Hutchinson trace term (0: first order)"),
+    c=Float(0, low_open=True, doc="finite-difference probe scale"), gluing=Float(0, doc="gluing weight (0: off)"),
+    step=Choice(*STEP_RULES, doc="step rule"),
+    cap=Float(0, low_open=True, inf_ok=True, doc="Polyak step cap, in PSLD steps"),
+    init=Choice("adjoint", "pinv", "noise", doc="initial image"),
+    pinv_iters=Int(1, doc="CG iterations for A⁺ without a closed form")),
                   requires="differentiable", latent_ok=True, version=2, neutral=("cap",),
                   adjoint_knobs=lambda k: needs_adjoint(k["init"], k["gluing"]),
                   summary="STSL: DDIM + N gradient steps per step on a data term at the Tweedie mean plus a "

@@ -19,6 +19,7 @@ import torch
 
 from ..linalg import power_iteration
 from .base import SamplerOutput, bshape, progress_bar, randn, register_sampler
+from .knobs import Float, Int
 
 
 def grad2d(x: torch.Tensor) -> torch.Tensor:
@@ -50,7 +51,9 @@ def _sqnorm(r: torch.Tensor) -> torch.Tensor:
     return r.abs().square().flatten(1).to(torch.float64).sum(dim=1)
 
 
-@register_sampler("tv", defaults=dict(lam=0.01, iterations=300, power_iterations=30), needs_prior=False,
+@register_sampler("tv", knobs=dict(lam=Float(0, doc="TV weight"), iterations=Int(1, doc="primal-dual iterations"),
+                                   power_iterations=Int(1, doc="power-iteration steps for ||A||²")),
+                  needs_prior=False,
                   summary="total-variation reconstruction (Chambolle-Pock primal-dual), any linear operator")
 @torch.no_grad()
 def tv(prior, op, y, *, generators=None, lam=0.01, iterations=300, power_iterations=30,

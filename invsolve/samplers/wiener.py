@@ -26,6 +26,7 @@ import torch
 from ..linalg import cg
 from ..operators.blur import Blur
 from .base import SamplerOutput, bshape, register_sampler
+from .knobs import Float, Int
 from .tv import grad2d, grad2d_adjoint
 
 AUTO_FACTOR = 100.0
@@ -45,7 +46,11 @@ def _gradient_spectrum(H: int, W: int, like: torch.Tensor) -> torch.Tensor:
     return (4 * torch.sin(math.pi * fy) ** 2 + 4 * torch.sin(math.pi * fx) ** 2).to(like.dtype)
 
 
-@register_sampler("wiener", defaults=dict(reg="auto", iterations=200, tol=1e-6), needs_prior=False,
+@register_sampler("wiener", knobs=dict(reg=Float(0, also=("auto",),
+                                                   doc="gradient-regularisation weight ('auto': 100 sigma²)"),
+                                       iterations=Int(1, doc="CG iterations without a closed form"),
+                                       tol=Float(0, doc="relative CG tolerance")),
+                  needs_prior=False,
                   summary="Wiener / gradient-Tikhonov: argmin ||Ax-y||² + reg||∇x||² (closed form for circular blur)")
 @torch.no_grad()
 def wiener(prior, op, y, *, generators=None, reg: Union[str, float] = "auto", iterations=200, tol=1e-6,
@@ -80,7 +85,7 @@ def wiener(prior, op, y, *, generators=None, reg: Union[str, float] = "auto", it
                                         "cg_iterations": res.iterations.tolist()})
 
 
-@register_sampler("pinv", defaults={}, needs_prior=False,
+@register_sampler("pinv", knobs={}, needs_prior=False,
                   summary="the operator's pseudo-inverse A⁺y (closed form where it has one, else least squares by CG)")
 @torch.no_grad()
 def pinv(prior, op, y, *, generators=None, progress=False) -> SamplerOutput:
