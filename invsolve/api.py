@@ -117,13 +117,7 @@ def solve(y, operator: Operator, prior: Union[str, Prior, None] = None, sampler:
         raise DTypeError(f"operator must be an invsolve Operator, got {type(operator).__name__}")
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
-    if steps is not None:
-        if "steps" not in spec.defaults:
-            raise InvsolveError(f"sampler {sampler!r} has no 'steps' option")
-        if not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be a positive int, got {steps!r}")
-        knobs["steps"] = steps
-    kn = resolve_knobs(spec, knobs)
+    kn = resolve_knobs(spec, knobs, steps=steps)
     dev = _default_device(device)
 
     y = _as_tensor(y)
@@ -135,7 +129,6 @@ def solve(y, operator: Operator, prior: Union[str, Prior, None] = None, sampler:
     pr = None
     if spec.needs_prior:
         pr = load_prior(prior if prior is not None else _default_prior(operator), device=dev)
-        _check_prior_fits(pr, operator)
     check_compatible(spec, operator, pr, kn)
 
     op = operator
@@ -159,7 +152,6 @@ def solve(y, operator: Operator, prior: Union[str, Prior, None] = None, sampler:
 
     seeds = _seeds(seed, B, num_samples)
     gens = [torch.Generator().manual_seed(s) for s in seeds]
-    nfe0 = pr.nfe if pr is not None else 0
     with Measure(dev) as m:
         out = spec.fn(pr, op, y_dev, generators=gens, progress=progress, **kn)
     x = out.x
@@ -175,7 +167,7 @@ def solve(y, operator: Operator, prior: Union[str, Prior, None] = None, sampler:
         "data_scale": None if scale is None else scale.reshape(B, num_samples)[:, 0].tolist(),
         "torch": torch.__version__,
     }
-    return Result(x=x, samples=samples, nfe=out.nfe or ((pr.nfe - nfe0) if pr is not None else 0),
+    return Result(x=x, samples=samples, nfe=out.nfe,
                   seconds=m.seconds, peak_memory=m.peak_memory, config=config, info=out.info)
 
 
@@ -192,14 +184,3 @@ def _module_device(op: Operator):
         return t.device
     return None
 
-
-def _check_prior_fits(prior: Prior, operator: Operator):
-    if operator.is_complex != prior.is_complex:
-        kind = "complex" if operator.is_complex else "real"
-        raise DTypeError(f"prior {prior.name!r} models {'complex' if prior.is_complex else 'real'} images but "
-                         f"{type(operator).__name__} acts on {kind} images")
-    want = operator.input_shape
-    have = prior.operator_shape
-    if want is not None and (len(want) != len(have) or any(w is not None and w != h for w, h in zip(want, have))):
-        raise ShapeError(f"prior {prior.name!r} models images of shape {tuple(have)} but the operator expects "
-                         f"{tuple(want)}; use a prior trained at that size or resize the problem")

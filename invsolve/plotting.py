@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 
-def _mpl():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -36,7 +36,7 @@ def displayable(x: torch.Tensor, is_complex: bool = False) -> np.ndarray:
 def save_grid(images: np.ndarray, path, ncols: int = 8, cmap: str = "gray", vmin=None, vmax=None,
               titles: Optional[Sequence[str]] = None, suptitle: Optional[str] = None, cell: float = 1.6):
     """Save a grid of images (``(N, H, W)`` or ``(N, H, W, 3)``) to ``path`` (PNG)."""
-    plt = _mpl()
+    plt = pyplot()
     n = len(images)
     ncols = min(ncols, n)
     nrows = int(np.ceil(n / ncols))
@@ -69,7 +69,7 @@ def reconstruction_figure(panels: Dict[str, np.ndarray], path, truth_key: Option
     ``signed``: grey panels are signed fields (e.g. vorticity), drawn with a diverging map symmetric about 0.
 
     ``titles`` maps a panel key to its column title and ``"key#row"`` to a per-cell subtitle (e.g. metrics)."""
-    plt = _mpl()
+    plt = pyplot()
     keys = list(panels)
     n = len(panels[keys[0]])
     with_err = truth_key in panels and len(keys) > 1

@@ -188,6 +188,47 @@ def _diffusion_loss(unet, sched, batch_fn):
     return loss_fn
 
 
+def train_autoencoder(cfg, src, device, out: Path, progress: bool = True) -> dict:
+    """Stage 1 of a latent recipe: train (or load) an ``AutoencoderKL`` on ``src`` (prior space [-1, 1]).
+
+    Loss: L1 + MSE reconstruction + ``kl_weight`` · KL. Returns a dict with the frozen ``vae``, its
+    ``scaling_factor`` (1 / std of latents), ``encode(x_prior_space, g)`` for stage 2, latent shape, figures.
+    """
+    from diffusers import AutoencoderKL
+
+    vc = cfg.vae
+    tc = OmegaConf.merge(OmegaConf.create(DEFAULTS["train"]), cfg.train, vc.get("train", {}))
+    kw = OmegaConf.to_container(vc.model, resolve=True)
+    kw.setdefault("in_channels", src.channels)
+    kw.setdefault("out_channels", src.channels)
+    kw.setdefault("sample_size", src.image_size[0])
+    vae = AutoencoderKL(**kw).to(device)
+    kl_w = float(vc.get("kl_weight", 1e-6))
+
+    def loss_fn(g):
+        x = src.sample(tc.batch_size, g, device)
+        dist = vae.encode(x).latent_dist
+        z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=g, device=device)
+        rec = vae.decode(z).sample.float()
+        return F.l1_loss(rec, x) + F.mse_loss(rec, x) + kl_w * dist.kl().mean() / x[0].numel()
+
+    ema, step, elapsed = _fit(vae, loss_fn, tc, out / "vae_checkpoint.pt", f"{cfg.name}/vae", device, progress)
+    ema.copy_to(vae.parameters())
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():
+        g = torch.Generator(device=device).manual_seed(123)
+        lat = torch.cat([vae.encode(src.sample(64, g, device)).latent_dist.mean for _ in range(8)])
+        scaling = float(1.0 / lat.float().std())
+
+    def encode(x, g):
+        with torch.no_grad():
+            dist = vae.encode(x).latent_dist
+            return (dist.mean + dist.std * torch.randn(dist.mean.shape, generator=g, device=x.device)) * scaling
+
+    return {"vae": vae, "scaling_factor": scaling, "encode": encode, "latent_channels": lat.shape[1],
+            "latent_size": lat.shape[-1], "steps": step, "minutes": round(elapsed / 60, 2)}
+
+
 def train(cfg, progress: bool = True) -> Path:
     """Run (or resume) training for a recipe; returns the export directory.
 
@@ -207,8 +248,6 @@ def train(cfg, progress: bool = True) -> Path:
     batch_fn = lambda g: src.sample(tc.batch_size, g, device)  # noqa: E731
     vae_info = None
     if cfg.get("vae") is not None:
-        from .priors.latent import train_autoencoder
-
         vae_info = train_autoencoder(cfg, src, device, out, progress)
         enc = vae_info["encode"]
         batch_fn = lambda g: enc(src.sample(tc.batch_size, g, device), g)  # noqa: E731

@@ -1,6 +1,6 @@
 """Navier–Stokes vorticity fields: the ``ns-vorticity`` prior's training bank and held-out truth fields.
 
-Recipe (InverseBench "Re200.0-t5.0" style, ALGORITHMS.md §3.4): draw an isotropic Gaussian random field on the
+Recipe (InverseBench "Re200.0-t5.0" style, as in the EnKG paper): draw an isotropic Gaussian random field on the
 torus ``[0, 2π]^2`` and evolve it ``t_evolve = 5`` time units under the Kolmogorov-forced Navier–Stokes equations
 (``Re = 200``, ``f = -4 cos(4y)``) with :func:`invsolve.operators.navier_stokes.solve_vorticity`.
 

@@ -267,12 +267,8 @@ def _prepare_methods(plan: Plan, log):
             log(f"method {m['id']}: UNAVAILABLE - {plan.methods[m['id']]['reason']}")
             continue
         knobs = dict(m["options"])
-        if m["steps"] is not None:
-            if "steps" not in spec.defaults:
-                raise InvsolveError(f"method {m['id']!r}: sampler {spec.name!r} has no 'steps'; remove steps")
-            knobs["steps"] = m["steps"]
-        resolved = resolve_knobs(spec, knobs)  # unknown option names are config errors
-        per_task = {t: resolve_knobs(spec, {**knobs, **o}) for t, o in m["task_options"].items()}
+        resolved = resolve_knobs(spec, knobs, steps=m["steps"])  # unknown option names are config errors
+        per_task = {t: resolve_knobs(spec, {**knobs, **o}, steps=m["steps"]) for t, o in m["task_options"].items()}
         plan.methods[m["id"]] = {"status": "ok", "sampler": spec.name, "prior": m["prior"], "knobs": resolved,
                                  "task_knobs": per_task, "data_scale": m["data_scale"],
                                  "num_samples": plan.suite["num_samples"], "options": m["options"],
@@ -282,15 +278,11 @@ def _prepare_methods(plan: Plan, log):
 def method_config(plan: Plan, task_id: str, method_id: str) -> Dict[str, Any]:
     """What determines a method's result on a task (hashed into every result file)."""
     from ..samplers.base import get_sampler
+    from .identity import method_identity
 
     m = plan.methods[method_id]
-    spec = get_sampler(m["sampler"])
-    cfg = {"sampler": m["sampler"], "prior": m["prior"], "knobs": spec.identity_knobs(m["task_knobs"].get(task_id,
-                                                                                                       m["knobs"])),
-           "data_scale": m["data_scale"], "num_samples": m["num_samples"]}
-    if spec.version > 1:  # version 1 is left out: results stored before versions existed stay current
-        cfg["sampler_version"] = spec.version
-    return cfg
+    return method_identity(m["sampler"], get_sampler(m["sampler"]).defaults, m["task_knobs"].get(task_id, m["knobs"]),
+                           m["prior"], m["data_scale"], m["num_samples"])
 
 
 _PRIORS: Dict[Tuple[str, str], Any] = {}  # loaded priors kept for later suites in the same process
@@ -311,7 +303,6 @@ def _prior(plan: Plan, name: str):
 
 def _applicability(plan: Plan, task_id: str, method: Dict[str, Any]) -> Tuple[Optional[str], Optional[str]]:
     """``(reason, prior)``: ``reason`` is ``None`` if ``method`` can run on ``task_id``; ``prior`` is its prior."""
-    from ..api import _check_prior_fits
     from ..samplers.base import check_compatible, get_sampler
 
     op = plan.problems[task_id].operator
@@ -324,17 +315,11 @@ def _applicability(plan: Plan, task_id: str, method: Dict[str, Any]) -> Tuple[Op
         prior = _prior(plan, name)
         if isinstance(prior, Exception):
             return f"prior {name!r} unavailable: {prior}", name
-        try:
-            _check_prior_fits(prior, op)
-        except InvsolveError as e:
-            return str(e), name
     m = plan.methods[method["id"]]
     try:
         check_compatible(spec, op, prior, m["task_knobs"].get(task_id, m["knobs"]))
     except InvsolveError as e:
         return str(e), name
-    if spec.name == "fbp" and not hasattr(op, "fbp"):
-        return f"fbp needs a CT operator with an fbp() method; {type(op).__name__} has none", name
     if plan.problems[task_id].x_true is None:
         return "the task has no ground truth to score against", name
     return None, name

@@ -213,9 +213,9 @@ def _figure(path: Path, truth: np.ndarray, adj: Optional[np.ndarray], recons: Di
             names: List[str], psnrs: Dict[str, List[Optional[float]]], title: str):
     """Rows per image: truth | Aᴴy | methods, then their |error| maps; ``recons[m][i]`` is ``(C, H, W)`` or
     ``None`` (method ``m`` did not run image ``i``)."""
-    from ..plotting import _mpl
+    from ..plotting import pyplot
 
-    plt = _mpl()
+    plt = pyplot()
     cols = ["truth"] + (["Aᴴy (scaled)"] if adj is not None else []) + list(recons)
     n = len(names)
     fig, axes = plt.subplots(2 * n, len(cols), figsize=(1.75 * len(cols), 3.6 * n + 0.5), squeeze=False)
@@ -255,9 +255,9 @@ def _figure(path: Path, truth: np.ndarray, adj: Optional[np.ndarray], recons: Di
 
 
 def _std_figure(path: Path, stds: Dict[str, List[Optional[np.ndarray]]], names: List[str], title: str):
-    from ..plotting import _mpl
+    from ..plotting import pyplot
 
-    plt = _mpl()
+    plt = pyplot()
     fig, axes = plt.subplots(len(names), len(stds), figsize=(1.9 * len(stds), 1.9 * len(names) + 0.5),
                              squeeze=False)
     for c, (k, s) in enumerate(stds.items()):

@@ -19,9 +19,10 @@ from .blur import Blur, gaussian_kernel, motion_kernel, uniform_kernel
 from .ct import ParallelBeamCT, fbp, limited_angle_angles, sparse_view_angles
 from .fanbeam import FanBeamCT
 from .fft import fft2c, ifft2c
+from .inpainting import Inpainting, box_mask, random_mask
 from .mri import MultiCoilMRI, SingleCoilMRI
 from .noise import GaussianNoise, PoissonNoise
-from .sampling import Inpainting, SuperResolution, box_mask, random_mask
+from .resolution import SuperResolution
 
 __all__ = [
     "Operator", "LinearOperator", "Composed", "ComposedLinear", "Adjoint", "Normal", "Scaled", "Identity",

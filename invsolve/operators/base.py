@@ -1,6 +1,6 @@
 """Operator protocol: ``y = A(x)`` as a pure :class:`torch.nn.Module`.
 
-Conventions (DESIGN.md §3):
+Conventions:
 
 * tensors are ``(B, C, H, W)``; complex operators take complex dtypes;
 * parameters are fixed at construction and registered as buffers, so ``op.to(device)`` works and a call never
@@ -23,6 +23,12 @@ Shape = Tuple[int, ...]
 
 def _fmt(shape) -> str:
     return "(" + ", ".join("B" if s is None else str(s) for s in shape) + ")"
+
+
+def check_real(t: torch.Tensor, name: str):
+    """Raise :class:`DTypeError` unless ``t`` is a real floating-point tensor."""
+    if not t.is_floating_point():
+        raise DTypeError(f"{name} must be a real floating-point tensor, got dtype {t.dtype}")
 
 
 def check_tensor(t, name: str, shape: Optional[Shape], complex_: Optional[bool]) -> torch.Tensor:

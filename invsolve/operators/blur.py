@@ -59,7 +59,8 @@ def uniform_kernel(size: int) -> torch.Tensor:
 
 
 def _motion_path(rng: np.random.Generator, canvas: int, intensity: float) -> np.ndarray:
-    """Vertices (complex) of a random camera-shake path, centred on the canvas (ALGORITHMS.md §4.3)."""
+    """Vertices (complex) of a random camera-shake path, centred on the canvas (the recipe of the motion-blur
+    kernels used by DPS: LeviBorodenko/motionblur, reimplemented from its description)."""
     diag = math.sqrt(2) * canvas
     length = 0.75 * diag * (rng.uniform() + rng.uniform(0, intensity**2))
     steps = []
@@ -98,7 +99,7 @@ def _rasterise(path: np.ndarray, canvas: int) -> np.ndarray:
 
 
 def motion_kernel(size: int = 61, intensity: float = 0.5, seed: int = 0) -> torch.Tensor:
-    """Seeded random camera-shake kernel ``(size, size)``, float32, sum 1 (ALGORITHMS.md §4.3 recipe).
+    """Seeded random camera-shake kernel ``(size, size)``, float32, sum 1 (DPS's motion-blur recipe).
 
     A random path (length, step lengths, angle spread and sign jitter drawn as described there from a
     ``numpy.random.default_rng(seed)``) is drawn on a canvas twice the size with diagonal ``D``, thickened to
@@ -212,7 +213,7 @@ class Blur(LinearOperator):
         """Offset of the output inside the FFT domain."""
         return (0, 0) if self.padding == "circular" else (self._pads[0][0], self._pads[1][0])
 
-    def _spectrum(self, Hp: int, Wp: int, like: torch.Tensor) -> torch.Tensor:
+    def spectrum(self, Hp: int, Wp: int, like: torch.Tensor) -> torch.Tensor:
         """rFFT of the kernel wrapped onto the ``Hp x Wp`` torus with its centre at the origin."""
         kh, kw = self.kernel.shape
         rows = (torch.arange(kh, device=like.device) - kh // 2).remainder(Hp)
@@ -257,7 +258,7 @@ class Blur(LinearOperator):
         self._check_size(H, W, "x")
         z = self._pad(x)
         Hp, Wp = z.shape[-2:]
-        w = torch.fft.irfft2(torch.fft.rfft2(z) * self._spectrum(Hp, Wp, x), s=(Hp, Wp))
+        w = torch.fft.irfft2(torch.fft.rfft2(z) * self.spectrum(Hp, Wp, x), s=(Hp, Wp))
         (i0, j0), (h, w_) = self._crop(), self._out_size(H, W)
         return w[..., i0:i0 + h, j0:j0 + w_]
 
@@ -269,7 +270,7 @@ class Blur(LinearOperator):
         i0, j0 = self._crop()
         h, w_ = y.shape[-2:]
         z = F.pad(y, (j0, Wp - w_ - j0, i0, Hp - h - i0))
-        z = torch.fft.irfft2(torch.fft.rfft2(z) * self._spectrum(Hp, Wp, y).conj(), s=(Hp, Wp))
+        z = torch.fft.irfft2(torch.fft.rfft2(z) * self.spectrum(Hp, Wp, y).conj(), s=(Hp, Wp))
         return self._pad_adjoint(z, H, W)
 
     def normal(self, x: torch.Tensor) -> torch.Tensor:
@@ -278,7 +279,7 @@ class Blur(LinearOperator):
         self.check_input(x)
         self._check_real(x, "x")
         H, W = x.shape[-2:]
-        return torch.fft.irfft2(torch.fft.rfft2(x) * self._spectrum(H, W, x).abs().square(), s=(H, W))
+        return torch.fft.irfft2(torch.fft.rfft2(x) * self.spectrum(H, W, x).abs().square(), s=(H, W))
 
     def _require_circular(self, what: str):
         if self.padding != "circular":
@@ -294,7 +295,7 @@ class Blur(LinearOperator):
         check_tensor(y, "y", self.output_shape, False)
         self._check_real(y, "y")
         H, W = y.shape[-2:]
-        K = self._spectrum(H, W, y)
+        K = self.spectrum(H, W, y)
         return torch.fft.irfft2(torch.fft.rfft2(y) * K.conj() / (K.abs().square() + reg), s=(H, W))
 
     def pinv(self, y: torch.Tensor, iterations: int = 30, reg: float = 0.0, rcond: float = 1e-3) -> torch.Tensor:
@@ -308,7 +309,7 @@ class Blur(LinearOperator):
         check_tensor(y, "y", self.output_shape, False)
         self._check_real(y, "y")
         H, W = y.shape[-2:]
-        K = self._spectrum(H, W, y)
+        K = self.spectrum(H, W, y)
         keep = K.abs() > rcond * K.abs().max()
         inv = torch.where(keep, 1 / torch.where(keep, K, torch.ones_like(K)), torch.zeros_like(K))
         return torch.fft.irfft2(torch.fft.rfft2(y) * inv, s=(H, W))

@@ -61,7 +61,7 @@ def limited_angle_angles(arc_degrees: float = 120.0, step_degrees: float = 1.0, 
     return torch.deg2rad(deg)
 
 
-def _check_angles(angles) -> torch.Tensor:
+def check_angles(angles) -> torch.Tensor:
     a = torch.as_tensor(angles)
     if a.is_complex() or not (a.is_floating_point() or a.dtype in (torch.int32, torch.int64)):
         raise DTypeError(f"angles must be a real tensor of radians, got dtype {a.dtype}")
@@ -74,7 +74,7 @@ def _check_angles(angles) -> torch.Tensor:
     return a
 
 
-def _default_detectors(image_size: int) -> int:
+def default_detectors(image_size: int) -> int:
     return math.ceil(math.sqrt(2) * image_size)
 
 
@@ -207,7 +207,7 @@ def fbp(sinogram: torch.Tensor, angles, image_size: int, filter: str = "ramp") -
         image_size: ``N`` of the ``(B, 1, N, N)`` output.
         filter: one of ``"ramp"``, ``"shepp-logan"``, ``"hann"``, ``"cosine"``, ``"hamming"``.
     """
-    a = _check_angles(angles)
+    a = check_angles(angles)
     if filter not in FILTERS:
         raise ValueError(f"filter must be one of {FILTERS}, got {filter!r}")
     check_tensor(sinogram, "sinogram", (1, a.numel(), None), False)
@@ -301,8 +301,8 @@ class ParallelBeamCT(JosephProjector):
         if int(image_size) != image_size or image_size < 2:
             raise ValueError(f"image_size must be an integer >= 2, got {image_size!r}")
         N = int(image_size)
-        a = _check_angles(angles)
-        d_min = _default_detectors(N)
+        a = check_angles(angles)
+        d_min = default_detectors(N)
         D = d_min if n_detectors is None else int(n_detectors)
         if D < d_min:
             raise ValueError(f"n_detectors must be >= ceil(sqrt(2) * image_size) = {d_min}, got {n_detectors}")

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .base import check_tensor
-from .ct import JosephProjector, _check_angles, _default_detectors, fbp
+from .ct import JosephProjector, check_angles, default_detectors, fbp
 
 
 class FanBeamCT(JosephProjector):
@@ -54,13 +54,13 @@ class FanBeamCT(JosephProjector):
         if int(image_size) != image_size or image_size < 2:
             raise ValueError(f"image_size must be an integer >= 2, got {image_size!r}")
         N = int(image_size)
-        a = _check_angles(angles)
+        a = check_angles(angles)
         r = N / math.sqrt(2)
         R = 2.0 * N if source_distance is None else float(source_distance)
         if not R > r:
             raise ValueError(f"source_distance must exceed N/sqrt(2) = {r:.4g} pixels (the source must lie outside "
                              f"the image), got {source_distance}")
-        D = _default_detectors(N) if n_detectors is None else int(n_detectors)
+        D = default_detectors(N) if n_detectors is None else int(n_detectors)
         if D < 2:
             raise ValueError(f"n_detectors must be >= 2, got {n_detectors}")
         half = math.asin(r / R) if fan_angle is None else float(fan_angle) / 2
@@ -92,7 +92,7 @@ class FanBeamCT(JosephProjector):
         if not uniform:
             raise ValueError("fan-beam FBP (rebinning) needs a full scan: views uniform over [0, 2π) "
                              "(e.g. angles = 2 * sparse_view_angles(n)); use sampler='cg' or 'tv' otherwise")
-        Dp = _default_detectors(self.image_size)
+        Dp = default_detectors(self.image_size)
         s = torch.arange(Dp, dtype=torch.float64) - Dp // 2
         gam = torch.asin((s / self.source_distance).clamp(-1, 1))  # (Dp,)
         beta = (a[:, None] + gam[None, :] - a[0]) / step  # fractional view index (V, Dp)

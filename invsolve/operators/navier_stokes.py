@@ -1,6 +1,6 @@
 """2-D incompressible Navier–Stokes on the torus and the EnKG initial-state inversion operator.
 
-Vorticity form on ``[0, 2π]^2`` (ALGORITHMS.md §3.4)::
+Vorticity form on ``[0, 2π]^2`` (the EnKG paper's setting, Zheng et al., arXiv 2409.20175)::
 
     w_t + u·∇w = ν Δw + f,     u = (ψ_y, -ψ_x),     -Δψ = w,     ν = 1/Re.
 

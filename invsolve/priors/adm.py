@@ -75,7 +75,7 @@ class ADMConfig:
         return self.out_channels == 2 * self.in_channels
 
 
-# name -> (architecture, prior defaults). Sources: ALGORITHMS.md §1.6 / §4.4 and the released model flags.
+# name -> (architecture, prior defaults). Sources: the released model flags of the DDS and DPS checkpoints.
 PRESETS: Dict[str, Tuple[ADMConfig, dict]] = {
     "adm-ffhq256": (
         ADMConfig(256, 3, 6, 128, 1, (16,), num_head_channels=64),

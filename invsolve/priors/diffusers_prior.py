@@ -70,14 +70,14 @@ class DiffusersPrior(Prior):
         return 1 / (1 + s2)
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise InputFileError(f"{path} is not valid JSON: {e}") from e
 
 
-def _default_scheduler() -> dict:
+def default_scheduler() -> dict:
     return {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear",
             "prediction_type": "epsilon"}
 
@@ -110,9 +110,9 @@ def load_diffusers_prior(source: str, *, device=None, dtype: torch.dtype = torch
                                  f"(looked in {unet_dir}); expected the output of UNet2DModel.save_pretrained or a "
                                  f"DDPMPipeline directory with unet/ and scheduler/")
         if (p / META_FILE).exists():
-            meta = _read_json(p / META_FILE)
+            meta = read_json(p / META_FILE)
         unet = UNet2DModel.from_pretrained(str(unet_dir), torch_dtype=dtype, low_cpu_mem_usage=False)
-        sched = _read_json(sched_file) if sched_file.exists() else _default_scheduler()
+        sched = read_json(sched_file) if sched_file.exists() else default_scheduler()
     elif p.is_file():
         unet, sched = _load_weights_file(p, config, scheduler_config, dtype)
     else:
@@ -145,7 +145,7 @@ def _config_dict(cfg, what: str) -> dict:
     path = Path(cfg).expanduser()
     if not path.is_file():
         raise InputFileError(f"{what} {str(path)!r} does not exist")
-    return _read_json(path)
+    return read_json(path)
 
 
 def _load_weights_file(path: Path, config, scheduler_config, dtype):
@@ -168,7 +168,7 @@ def _load_weights_file(path: Path, config, scheduler_config, dtype):
     load_state_dict_checked(unet, read_state_dict(path), repr(str(path)), hint="check that config matches the file")
     if scheduler_config is None and (path.parent / "scheduler_config.json").exists():
         scheduler_config = path.parent / "scheduler_config.json"
-    sched = _default_scheduler() if scheduler_config is None else _config_dict(scheduler_config, "scheduler_config")
+    sched = default_scheduler() if scheduler_config is None else _config_dict(scheduler_config, "scheduler_config")
     return unet.to(dtype).eval(), sched
 
 
@@ -186,10 +186,10 @@ def _load_from_hub(repo_id: str, dtype):
         except EnvironmentError:
             unet, prefix = UNet2DModel.from_pretrained(repo_id, **kw), ""
         try:
-            sched = _read_json(Path(hf_hub_download(repo_id, prefix + "scheduler_config.json",
+            sched = read_json(Path(hf_hub_download(repo_id, prefix + "scheduler_config.json",
                                                     local_files_only=offline)))
         except Exception:
-            sched = _default_scheduler()
+            sched = default_scheduler()
         return unet, sched
     except Exception as e:  # network errors, missing repo, offline cache miss
         how = ("HF_HUB_OFFLINE=1 is set and the model is not in the local Hugging Face cache"

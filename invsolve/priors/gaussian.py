@@ -10,7 +10,7 @@ Data ``x0 ~ Σ_k w_k N(m_k, Σ_k)`` in prior space (``d = C·H·W`` entries). Un
 * posterior of ``x0`` given ``x_t``: component means ``μ_k = m_k + sqrt(a) Σ_k M_k⁻¹ (x - sqrt(a) m_k)`` and
   covariances ``C_k = (1-a) Σ_k M_k⁻¹``; ``Cov = Σ_k r_k (C_k + μ_k μ_kᵀ) - μ μᵀ``.
 
-Second-order Tweedie in this (VP) parametrisation (ALGORITHMS.md §2.2 writes it for the OU process with
+Second-order Tweedie in this (VP) parametrisation (the STSL paper writes it for the OU process with
 ``abar = e^{-2s}``): ``Cov[x0 | x_t] = ((1-a)/a) (I + (1-a) H(x_t))`` — exact for every density, and checked
 against the closed-form ``Cov`` above in ``tests/test_stsl.py``.
 

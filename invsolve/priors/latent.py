@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import InputFileError, MissingDependencyError, ShapeError
-from .diffusers_prior import META_FILE, DiffusersPrior, _default_scheduler, _read_json
+from .diffusers_prior import META_FILE, DiffusersPrior, default_scheduler, read_json
 from .registry import register_loader
 
 EMBEDS_FILE = "empty_prompt_embeds.safetensors"  # optional precomputed embedding in a pipeline directory
@@ -155,7 +154,7 @@ def empty_prompt_embeds(path: Union[str, Path], unet, embeds: Union[str, Path, t
                 f"package (pip install transformers). Alternatively save the embedding (1, seq, {dim}) once as "
                 f"{p / EMBEDS_FILE} or pass prompt_embeds=<tensor or file>.") from err
         tok = transformers.AutoTokenizer.from_pretrained(str(p / "tokenizer"))
-        arch = (_read_json(p / "text_encoder" / "config.json").get("architectures") or ["CLIPTextModel"])[0]
+        arch = (read_json(p / "text_encoder" / "config.json").get("architectures") or ["CLIPTextModel"])[0]
         enc = getattr(transformers, arch, transformers.CLIPTextModel).from_pretrained(str(p / "text_encoder"))
         ids = tok("", padding="max_length", max_length=tok.model_max_length, truncation=True,
                   return_tensors="pt").input_ids
@@ -200,19 +199,19 @@ def load_latent_prior(source: str, *, device=None, dtype=torch.float32, name=Non
     p = Path(source).expanduser()
     if not p.is_dir():
         p = _hub_snapshot(str(source))
-    meta = _read_json(p / META_FILE) if (p / META_FILE).exists() else {}
+    meta = read_json(p / META_FILE) if (p / META_FILE).exists() else {}
     missing = [d for d in ("unet", "vae") if not (p / d / "config.json").exists()]
     if missing:
         raise InputFileError(f"{p} is not a latent prior directory: {', '.join(d + '/' for d in missing)} missing "
                              f"(expected unet/ and vae/ with config.json, as written by invsolve train-prior or a "
                              f"Stable-Diffusion pipeline's save_pretrained)")
-    cond = _read_json(p / "unet" / "config.json").get("_class_name") == "UNet2DConditionModel"
+    cond = read_json(p / "unet" / "config.json").get("_class_name") == "UNet2DConditionModel"
     kw = dict(torch_dtype=dtype, low_cpu_mem_usage=False)
     unet = (UNet2DConditionModel if cond else UNet2DModel).from_pretrained(str(p / "unet"), **kw)
     vae = AutoencoderKL.from_pretrained(str(p / "vae"), **kw)
     sched_file = next((f for f in (p / "scheduler_config.json", p / "scheduler" / "scheduler_config.json")
                        if f.exists()), None)
-    sched = _read_json(sched_file) if sched_file else _default_scheduler()
+    sched = read_json(sched_file) if sched_file else default_scheduler()
     data_range = overrides.get("data_range") if data_range is None else data_range
     prior = LatentPrior(unet, vae, sched, meta.get("scaling_factor", vae.config.scaling_factor),
                         data_range=tuple(data_range or meta.get("data_range", (0, 1))),
@@ -220,46 +219,3 @@ def load_latent_prior(source: str, *, device=None, dtype=torch.float32, name=Non
                         card=meta, prompt_embeds=empty_prompt_embeds(p, unet, prompt_embeds) if cond else None)
     return prior.to(device) if device is not None else prior
 
-
-def train_autoencoder(cfg, src, device, out: Path, progress: bool = True) -> dict:
-    """Stage 1 of a latent recipe: train (or load) an ``AutoencoderKL`` on ``src`` (prior space [-1, 1]).
-
-    Loss: L1 + MSE reconstruction + ``kl_weight`` · KL. Returns a dict with the frozen ``vae``, its
-    ``scaling_factor`` (1 / std of latents), ``encode(x_prior_space, g)`` for stage 2, latent shape, figures.
-    """
-    from diffusers import AutoencoderKL
-    from omegaconf import OmegaConf
-
-    from ..train import DEFAULTS, _fit
-
-    vc = cfg.vae
-    tc = OmegaConf.merge(OmegaConf.create(DEFAULTS["train"]), cfg.train, vc.get("train", {}))
-    kw = OmegaConf.to_container(vc.model, resolve=True)
-    kw.setdefault("in_channels", src.channels)
-    kw.setdefault("out_channels", src.channels)
-    kw.setdefault("sample_size", src.image_size[0])
-    vae = AutoencoderKL(**kw).to(device)
-    kl_w = float(vc.get("kl_weight", 1e-6))
-
-    def loss_fn(g):
-        x = src.sample(tc.batch_size, g, device)
-        dist = vae.encode(x).latent_dist
-        z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=g, device=device)
-        rec = vae.decode(z).sample.float()
-        return F.l1_loss(rec, x) + F.mse_loss(rec, x) + kl_w * dist.kl().mean() / x[0].numel()
-
-    ema, step, elapsed = _fit(vae, loss_fn, tc, out / "vae_checkpoint.pt", f"{cfg.name}/vae", device, progress)
-    ema.copy_to(vae.parameters())
-    vae.eval().requires_grad_(False)
-    with torch.no_grad():
-        g = torch.Generator(device=device).manual_seed(123)
-        lat = torch.cat([vae.encode(src.sample(64, g, device)).latent_dist.mean for _ in range(8)])
-        scaling = float(1.0 / lat.float().std())
-
-    def encode(x, g):
-        with torch.no_grad():
-            dist = vae.encode(x).latent_dist
-            return (dist.mean + dist.std * torch.randn(dist.mean.shape, generator=g, device=x.device)) * scaling
-
-    return {"vae": vae, "scaling_factor": scaling, "encode": encode, "latent_channels": lat.shape[1],
-            "latent_size": lat.shape[-1], "steps": step, "minutes": round(elapsed / 60, 2)}

@@ -19,7 +19,8 @@ from .diffusers_prior import META_FILE, load_diffusers_prior
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
-# Loaders by the "kind" field of invsolve_prior.json (other modules register latent / ADM loaders).
+# Loaders by the "kind" field of invsolve_prior.json (the package imports the modules that register the others:
+# latent, ADM).
 LOADERS: Dict[str, Callable[..., Prior]] = {"diffusers": load_diffusers_prior}
 
 
@@ -85,19 +86,7 @@ def load_prior(name_or_path: Union[str, Path, Prior], *, device: Optional[Union[
     elif path.is_dir() and (path / "vae" / "config.json").exists():  # Stable-Diffusion-style pipeline directory
         kind = "latent"
     if kind not in LOADERS:
-        _import_optional_loaders()
-    if kind not in LOADERS:
         raise UnknownNameError(f"prior at {path} has kind {kind!r}; known kinds: {sorted(LOADERS)}")
     src_arg = str(path) if path.exists() else src
     return LOADERS[kind](src_arg, device=device, dtype=dtype, **overrides)
 
-
-def _import_optional_loaders():
-    import importlib
-
-    for mod in ("latent", "adm"):
-        try:
-            importlib.import_module(f"{__package__}.{mod}")
-        except ModuleNotFoundError as e:
-            if e.name != f"{__package__}.{mod}":
-                raise

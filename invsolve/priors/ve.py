@@ -5,15 +5,15 @@
 
 * ``denoise(x, sigma)`` calls the network directly (no detour through timesteps);
 * the **VP view** (``alpha_bar``, ``eps``, ``tweedie``) comes from the VP <-> VE change of variables
-  (ALGORITHMS.md notation): a table of ``N`` increasing noise levels ``sigma_t`` defines
-  ``abar_t = 1 / (1 + sigma_t^2)``, and for a VP state ``x_t``
+  (VP: ``x_t = sqrt(abar) x0 + sqrt(1 - abar) eps``; VE: ``x = x0 + sigma n``): a table of ``N`` increasing noise
+  levels ``sigma_t`` defines ``abar_t = 1 / (1 + sigma_t^2)``, and for a VP state ``x_t``
 
       x = x_t / sqrt(abar_t) = x_t sqrt(1 + sigma_t^2),   eps(x_t, t) = (x - D(x; sigma_t)) / sigma_t,
 
   so ``tweedie(x_t, t)`` returns exactly ``D(x; sigma_t)``. Fractional ``t`` interpolates ``log sigma`` linearly.
 
-  Samplers written in DDIM form (DDS) therefore run unchanged on these priors. For DDS this *is* the VE variant of
-  ALGORITHMS.md §1.9: dividing its VP renoising rule by ``sqrt(abar_next)`` gives
+  Samplers written in DDIM form (DDS) therefore run unchanged on these priors. For DDS this *is* its VE variant
+  (the paper's "DDS VE"): dividing its VP renoising rule by ``sqrt(abar_next)`` gives
   ``x_next = x0c + sigma_next (eta n + sqrt(1 - eta^2) e_hat)`` with ``e_hat = (x - x0_hat) / sigma``, on the
   noise levels ``sigma_{tau_k}`` of the table. The one difference is the start: DDS draws ``x_T ~ N(0, I)`` in VP
   space, i.e. ``N(0, (1 + sigma_max^2) I)`` instead of ``N(0, sigma_max^2 I)``.

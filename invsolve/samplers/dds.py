@@ -1,47 +1,60 @@
-"""DDS — Decomposed Diffusion Sampler (Chung, Lee & Ye, ICLR 2024), ALGORITHMS.md §1.
+"""DDS — Decomposed Diffusion Sampler (Chung, Lee & Ye, ICLR 2024).
 
-Per step: one network call gives the Tweedie estimate ``x0_hat``; ``M`` conjugate-gradient iterations on a
-linear data-consistency problem, warm-started at ``x0_hat``, give ``x0_c`` (no back-propagation through the
-network); ``x0_c`` is re-noised to the next timestep by mixing fresh noise with the network's own ``eps``.
+Per step: one network call gives the Tweedie estimate ``x0_hat``; a data-consistency step (by default ``M``
+conjugate-gradient iterations on a linear problem, warm-started at ``x0_hat``; :mod:`.consistency`) gives ``x0_c``
+(no back-propagation through the network); ``x0_c`` is re-noised to the next timestep by mixing fresh noise with the
+network's own ``eps``. ``dds-3d`` (:mod:`.dds3d`) is this loop with a volume step.
 """
 from __future__ import annotations
 
 import torch
 
-from ..linalg import cg
-from .base import SamplerOutput, progress_bar, randn, register_sampler
+from .._deprecated import moved
+from .base import SamplerOutput, get_sampler, progress_bar, randn, register_sampler, resolve_knobs
+from .consistency import cg_step
 from .knobs import STEPS, Any_, Bool, Choice, Float, Int, Mapping
-from .unconditional import ddim_grid
+from .steps import clip_tweedie, ddim_grid, ddim_step, renoise
 
 
-def data_consistency(op, y, z0, *, mode: str = "prox", gamma: float = 1.0, cg_iters: int = 5,
-                     reproduce_reference_rhs: bool = False, reference_complex_inner_product: bool = False):
-    """DDS data-consistency step in the operator domain, warm-started at the Tweedie estimate ``z0``.
+def dds_loop(prior, y, generators, grid, x, dc, *, eta=0.85, renoise_rule="reference", reference_last_step=True,
+             clip=None, progress=False, desc="DDS"):
+    """The DDS iteration over ``grid`` from ``x`` (prior space) with the data-consistency step ``dc(z0, t)``.
 
-    ``mode="prox"``: ``(I + γ AᴴA) u = z0 + γ Aᴴy`` (``u = argmin γ/2 ||y - Au||² + 1/2 ||u - z0||²``);
-    ``mode="normal"``: ``AᴴA u = Aᴴy`` (noiseless normal equations; ``z0`` only as the warm start).
-    ``reproduce_reference_rhs`` uses the released code's complex right-hand side ``z0 + γ(1 + i) Aᴴy``.
-    Returns the :class:`~invsolve.linalg.CGResult`.
+    Returns ``(operator-domain result, per-step residuals)`` (a residual per step where ``dc`` reports one).
     """
-    AHy = op.adjoint(y)
-    if mode == "prox":
-        if reproduce_reference_rhs and AHy.is_complex():
-            AHy = AHy * (1 + 1j)
-        b = z0 + gamma * AHy
+    shape = tuple(x.shape[1:])
+    residuals = []
+    for t, t_next in progress_bar(grid, progress, desc, total=len(grid)):
+        x0_hat, e = prior.tweedie(x, t)
+        if clip is not None:
+            x0_hat, e = clip_tweedie(x, x0_hat, prior.alpha_bar(t).to(x.dtype), clip)
+        u = dc(prior.from_prior(x0_hat), t)
+        if isinstance(u, tuple):
+            u, r = u
+            residuals.append(r)
+        x0c = prior.to_prior(u)
+        ab_n = prior.alpha_bar(t_next).to(x.dtype)
+        if t_next < 0 or (t_next == 0 and reference_last_step):
+            x = x0c
+            continue
+        n = randn(shape, generators, y.device)
+        if renoise_rule == "reference":
+            x = renoise(x0c, e, n, ab_n, eta)
+        else:
+            x = ddim_step(x0c, e, prior.alpha_bar(t).to(x.dtype), ab_n, eta, n)
+    return prior.from_prior(x), residuals
 
-        def K(v):
-            return v + gamma * op.normal(v)
-    elif mode == "normal":
-        b, K = AHy, op.normal
-    else:
-        raise ValueError(f"dc must be 'prox' or 'normal', got {mode!r}")
-    return cg(K, b, z0, max_iter=cg_iters, reference_complex_inner_product=reference_complex_inner_product)
+
+def dds_grid(prior, steps: int, init=None, t_start: float = 1.0):
+    """The time grid DDS runs: all ``steps`` pairs, or with a warm start the tail from ``t0 <= t_start * T``."""
+    grid = ddim_grid(prior, steps)
+    if init is None:
+        return grid
+    return [(t, t_next) for t, t_next in grid if t <= t_start * (prior.num_train_timesteps - 1)]
 
 
 def _warm_start(prior, op, y, n, t0, init, init_knobs):
     """``sqrt(abar_t0) x_init + sqrt(1 - abar_t0) n`` in prior space, ``x_init`` from the classical sampler ``init``."""
-    from .base import get_sampler, resolve_knobs
-
     spec = get_sampler(init)
     if spec.needs_prior:
         raise ValueError(f"init must name a classical sampler (no prior), got {init!r}")
@@ -54,7 +67,8 @@ def _warm_start(prior, op, y, n, t0, init, init_knobs):
     steps=STEPS, eta=Float(0, 1, doc="fraction (in std) of fresh noise when re-noising"),
     cg_iters=Int(1, doc="CG iterations per step (M)"),
     gamma=Float(0, low_open=True, doc="proximal weight of dc='prox': (I + gamma AᴴA) u = x0_hat + gamma Aᴴy"),
-    dc=Choice("prox", "normal", doc="data consistency: proximal form or the noiseless normal equations"),
+    dc=Choice("prox", "normal", callable_ok=True,
+              doc="data consistency: proximal form, noiseless normal equations, or a step (z0, t) -> u"),
     renoise=Choice("reference", "ddim", doc="re-noising rule: the released code's or textbook DDIM-eta"),
     reproduce_reference_rhs=Bool("reproduce the released code's complex right-hand side quirk"),
     reference_complex_inner_product=Bool("reproduce the released code's unconjugated CG inner product"),
@@ -64,7 +78,7 @@ def _warm_start(prior, op, y, n, t0, init, init_knobs):
     init_knobs=Mapping("options of the init sampler"),
     t_start=Float(0, 1, low_open=True, doc="warm start: fraction of the time grid that is run")),
                   summary="Decomposed Diffusion Sampler: Tweedie + a few CG steps per step, no network gradients",
-                  neutral=("clip", "init", "init_knobs", "t_start"))
+                  nfe=lambda k, prior: len(dds_grid(prior, k["steps"], k["init"], k["t_start"])))
 @torch.no_grad()
 def dds(prior, op, y, *, generators, steps=50, eta=0.85, cg_iters=5, gamma=1.0, dc="prox", renoise="reference",
         reproduce_reference_rhs=False, reference_complex_inner_product=False, reference_last_step=True,
@@ -78,9 +92,12 @@ def dds(prior, op, y, *, generators, steps=50, eta=0.85, cg_iters=5, gamma=1.0, 
             ``renoise="ddim"``: textbook DDIM-η rule.
         cg_iters: M conjugate-gradient iterations per step (5).
         gamma: proximal weight of ``dc="prox"``.
-        dc: ``"prox"`` (``(I + γAᴴA) u = z0 + γAᴴy``) or ``"normal"`` (``AᴴA u = Aᴴy``).
+        dc: ``"prox"`` (``(I + γAᴴA) u = z0 + γAᴴy``), ``"normal"`` (``AᴴA u = Aᴴy``), or a step
+            ``dc(z0, t) -> u`` (or ``(u, residual)``) on the operator-domain Tweedie estimate (:mod:`.consistency`);
+            ``cg_iters``, ``gamma`` and the two reference switches only configure the built-in steps.
         reproduce_reference_rhs / reference_complex_inner_product: switches that reproduce two quirks of the
-            released code for complex MRI (ALGORITHMS.md §1.3–1.4); off by default (correct math).
+            released code for complex MRI (the right-hand side ``z0 + γ(1 + i)Aᴴy`` and CG's unconjugated inner
+            product); off by default (correct math).
         reference_last_step: as released, jump straight to ``x0_c`` at ``t_next = 0`` (no renoising to t = 0).
         clip: ``None`` (released algorithm: no clipping) or ``c > 0``: clamp ``x0_hat`` to ``[-c, c]`` in prior
             space (the data range is ``[-1, 1]``) before data consistency, and take the ``eps`` reused for
@@ -94,45 +111,19 @@ def dds(prior, op, y, *, generators, steps=50, eta=0.85, cg_iters=5, gamma=1.0, 
     Returns:
         operator-domain reconstruction; ``info["cg_residual"]`` holds the final CG residual per step ``(S, B)``.
     """
-    if renoise not in ("reference", "ddim"):
-        raise ValueError(f"renoise must be 'reference' or 'ddim', got {renoise!r}")
-    if not 0 <= eta <= 1:
-        raise ValueError(f"eta must lie in [0, 1], got {eta}")
-    if clip is not None and not clip > 0:
-        raise ValueError(f"clip must be None or a positive number, got {clip!r}")
-    if not 0 < t_start <= 1:
-        raise ValueError(f"t_start must lie in (0, 1], got {t_start}")
     if init is None and (t_start != 1 or init_knobs):
         raise ValueError("t_start < 1 and init_knobs need init= (the name of a classical sampler to start from)")
-    nfe0 = prior.nfe
-    shape = (prior.channels,) + tuple(prior.image_size)
-    x = randn(shape, generators, y.device)
-    grid = ddim_grid(prior, steps)
-    if init is not None:  # the grid's tail from t0 <= t_start * T (never empty: it ends at t = 0)
-        grid = [(t, t_next) for t, t_next in grid if t <= t_start * (prior.num_train_timesteps - 1)]
+    if not callable(dc):
+        dc = cg_step(op, y, mode=dc, gamma=gamma, cg_iters=cg_iters, reproduce_reference_rhs=reproduce_reference_rhs,
+                     reference_complex_inner_product=reference_complex_inner_product)
+    x = randn((prior.channels,) + tuple(prior.image_size), generators, y.device)
+    grid = dds_grid(prior, steps, init, t_start)  # with a warm start the grid's tail (never empty: it ends at 0)
+    if init is not None:
         x = _warm_start(prior, op, y, x, grid[0][0], init, init_knobs)
-    residuals = []
-    for t, t_next in progress_bar(grid, progress, "DDS", total=len(grid)):
-        x0_hat, e = prior.tweedie(x, t)
-        if clip is not None:
-            ab_t = prior.alpha_bar(t).to(x.dtype)
-            x0_hat = x0_hat.clamp(-clip, clip)
-            e = (x - ab_t.sqrt() * x0_hat) / (1 - ab_t).sqrt()
-        res = data_consistency(op, y, prior.from_prior(x0_hat), mode=dc, gamma=gamma, cg_iters=cg_iters,
-                               reproduce_reference_rhs=reproduce_reference_rhs,
-                               reference_complex_inner_product=reference_complex_inner_product)
-        residuals.append(res.residual_norm)
-        x0c = prior.to_prior(res.x)
-        ab_n = prior.alpha_bar(t_next).to(x.dtype)
-        if t_next < 0 or (t_next == 0 and reference_last_step):
-            x = x0c
-            continue
-        n = randn(shape, generators, y.device)
-        if renoise == "reference":
-            x = ab_n.sqrt() * x0c + (1 - ab_n).sqrt() * (eta * n + (1 - eta**2) ** 0.5 * e)
-        else:
-            ab_t = prior.alpha_bar(t).to(x.dtype)
-            sig = eta * ((1 - ab_n) / (1 - ab_t) * (1 - ab_t / ab_n)).sqrt()
-            x = ab_n.sqrt() * x0c + (1 - ab_n - sig**2).clamp_min(0).sqrt() * e + sig * n
-    return SamplerOutput(x=prior.from_prior(x), nfe=prior.nfe - nfe0,
-                         info={"cg_residual": torch.stack(residuals).cpu()})
+    out, residuals = dds_loop(prior, y, generators, grid, x, dc, eta=eta, renoise_rule=renoise,
+                              reference_last_step=reference_last_step, clip=clip, progress=progress)
+    return SamplerOutput(x=out, info={"cg_residual": torch.stack(residuals).cpu()} if residuals else {})
+
+
+
+__getattr__ = moved(__name__, {"data_consistency": "invsolve.samplers.consistency:cg_solve"})  # renamed: see metrics

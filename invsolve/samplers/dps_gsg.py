@@ -1,7 +1,7 @@
-"""DPS-GSG — DPS with a zero-order (Gaussian-smoothing) gradient of the data misfit, ALGORITHMS.md §3.6.
+"""DPS-GSG — DPS with a zero-order (Gaussian-smoothing) gradient of the data misfit.
 
-The black-box baseline of the EnKG paper: DPS (§4.1, ancestral DDPM steps on the VP grid, as in
-:mod:`invsolve.samplers.dps`) where the gradient of ``L(z) = ||y - G(z)||^2`` at the Tweedie estimate
+The black-box baseline of the EnKG paper (Zheng et al., arXiv 2409.20175): DPS (ancestral DDPM steps on the VP
+grid, as in :mod:`invsolve.samplers.dps`) where the gradient of ``L(z) = ||y - G(z)||^2`` at the Tweedie estimate
 ``z = x0_hat`` comes from ``Q`` forward evaluations along random directions ``u ~ N(0, I)`` (prior space):
 
 * ``estimator="central"``: ``grad L ≈ sum_{p=1..P} u_p (L(z + mu u_p) - L(z - mu u_p)) / (2 mu P)``, ``P = Q/2``;
@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import InvsolveError
+from ..errors import InvalidValueError, InvsolveError
 from .base import SamplerOutput, progress_bar, randn, register_sampler
-from .dps import ancestral_coefficients, clip_x0
 from .enkg import NonFiniteEnsembleError
 from .knobs import STEPS, Choice, Float, Int
-from .unconditional import ddim_grid
+from .steps import ancestral_step, ddim_grid
 
 
 def _misfit(op, y: torch.Tensor, z: torch.Tensor, reps: int, prior) -> torch.Tensor:
@@ -69,7 +68,7 @@ def gsg_gradient(op, y: torch.Tensor, z: torch.Tensor, generators, prior, querie
     jacobian=Choice("network", "identity", doc="chain rule through the network or not"),
     clip=Float(0, low_open=True, optional=True, doc="clamp x0_hat to [-clip, clip]"),
     variance=Choice("betatilde", "beta", doc="ancestral noise variance")),
-                  requires="forward",
+                  requires="forward", nfe=lambda k, prior: k["steps"],
                   summary="Zero-order DPS: Gaussian-smoothing gradient of ||y - G(x0_hat)|| from forward "
                           "evaluations only (black-box baseline)")
 def dps_gsg(prior, op, y, *, generators, steps=1000, scale=0.5, queries=64, mu=0.01, estimator="central",
@@ -89,13 +88,9 @@ def dps_gsg(prior, op, y, *, generators, steps=1000, scale=0.5, queries=64, mu=0
         operator-domain samples; ``info``: ``residual`` ``||y - G(x0_hat)||`` per step ``(steps, B)``,
         ``forward_evaluations`` (items through ``G``, all measurements), ``forward_calls`` (sequential calls).
     """
-    if estimator not in ("central", "forward"):
-        raise ValueError(f"estimator must be 'central' or 'forward', got {estimator!r}")
-    if jacobian not in ("network", "identity"):
-        raise ValueError(f"jacobian must be 'network' or 'identity', got {jacobian!r}")
-    if queries < (2 if estimator == "central" else 1) or not mu > 0:
-        raise ValueError(f"need queries >= 2 (central) / 1 (forward) and mu > 0; got queries={queries}, mu={mu}")
-    nfe0 = prior.nfe
+    if queries < (2 if estimator == "central" else 1):
+        raise InvalidValueError(f"sampler 'dps-gsg': queries={queries} is out of range; the central estimator needs "
+                                "queries >= 2 (antithetic pairs)")
     shape = (prior.channels,) + tuple(prior.image_size)
     x = randn(shape, generators, y.device)
     residuals, evals, calls = [], 0, 0
@@ -103,7 +98,7 @@ def dps_gsg(prior, op, y, *, generators, steps=1000, scale=0.5, queries=64, mu=0
         with torch.set_grad_enabled(jacobian == "network"):
             xg = x.detach().requires_grad_(jacobian == "network")
             x0, _ = prior.tweedie(xg, t)
-            x0c = clip_x0(x0, clip)
+            x0c = x0 if clip is None else x0.clamp(-clip, clip)
         z = x0c.detach()
         try:
             grad_z, L0, n_eval = gsg_gradient(op, y, z, generators, prior, queries, mu, estimator)
@@ -119,9 +114,8 @@ def dps_gsg(prior, op, y, *, generators, steps=1000, scale=0.5, queries=64, mu=0
         else:
             g = g0 / float(prior.alpha_bar(t)) ** 0.5
         with torch.no_grad():
-            c0, ct, var = ancestral_coefficients(prior, t, t_next, variance)
             n = randn(shape, generators, y.device) if t_next >= 0 else torch.zeros_like(x)
-            x = (c0 * z + ct * x + var**0.5 * n - scale * g).detach()
-    return SamplerOutput(x=prior.from_prior(x), nfe=prior.nfe - nfe0,
+            x = (ancestral_step(prior, x, z, t, t_next, n, variance) - scale * g).detach()
+    return SamplerOutput(x=prior.from_prior(x),
                          info={"residual": torch.stack(residuals), "forward_evaluations": evals,
                                "forward_calls": calls})

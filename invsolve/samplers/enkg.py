@@ -1,4 +1,4 @@
-"""EnKG — Ensemble Kalman diffusion guidance (Zheng et al., arXiv 2409.20175), ALGORITHMS.md §3.
+"""EnKG — Ensemble Kalman diffusion guidance (Zheng et al., arXiv 2409.20175).
 
 Derivative-free: only forward evaluations of the measurement model ``G`` (any :class:`Operator`, e.g. a
 :class:`~invsolve.operators.blackbox.BlackBox` around a numpy function) and of the denoiser are used.
@@ -26,7 +26,8 @@ step per outer step). At the outer steps ``i`` of the guided window ``thr_start 
    damped Gauss-Newton step in the span of the ensemble.
 
 Everything is per measurement: an ensemble only ever sees its own measurement and its own generator, so a result
-does not depend on the rest of the batch. The network is called in chunks of ``batch`` particles (any ``J``).
+does not depend on the rest of the batch. The network is called in chunks of ``batch`` particles (any ``J``); one
+network evaluation (NFE) is one call on every particle of every measurement.
 Non-finite forward outputs or particles raise :class:`NonFiniteEnsembleError` naming the particles; nothing is
 averaged over a NaN.
 """
@@ -37,37 +38,28 @@ from typing import List
 
 import torch
 
-from ..errors import InvsolveError
+from ..errors import InvalidValueError, InvsolveError
 from .base import SamplerOutput, progress_bar, register_sampler, signature_defaults
 from .knobs import STEPS, Any_, Bool, Choice, Float, Int
 from .localization import check_taper
+from .steps import karras_sigmas
 
 
 class NonFiniteEnsembleError(InvsolveError, FloatingPointError):
     """A forward-model output or a particle of the ensemble became NaN/Inf."""
 
 
-def karras_sigmas(sigma_max: float, sigma_min: float, n: int, rho: float = 7.0) -> List[float]:
-    """``n`` EDM noise levels from ``sigma_max`` down to ``sigma_min`` (``rho`` spacing), then a final 0."""
-    if n == 1:
-        return [float(sigma_max), 0.0]
-    a, b = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
-    return [float((a + k / (n - 1) * (b - a)) ** rho) for k in range(n)] + [0.0]
+def pf_ode_step(x: torch.Tensor, d: torch.Tensor, s: float, s_next: float) -> torch.Tensor:
+    """Euler step of the PF-ODE ``dx/dsigma = (x - D(x; sigma)) / sigma`` from ``s`` to ``s_next`` (0: ``D``)."""
+    return d if s_next == 0 else x + (s_next - s) / s * (x - d)
 
 
-def denoise_chunked(prior, x: torch.Tensor, sigma: float, batch: int) -> torch.Tensor:
-    """``D(x; sigma)`` for ``x`` ``(n, C, H, W)`` in prior space, in network calls of at most ``batch`` items."""
-    return torch.cat([prior.denoise(xc, sigma) for xc in x.split(batch)])
-
-
-def pf_ode_to_clean(prior, x: torch.Tensor, sigma: float, n: int, sigma_min: float, batch: int,
-                    rho: float = 7.0) -> torch.Tensor:
+def pf_ode_to_clean(prior, x: torch.Tensor, sigma: float, n: int, sigma_min: float, rho: float = 7.0) -> torch.Tensor:
     """``PHI(x; sigma, n)``: ``n`` Euler steps of the PF-ODE on a Karras grid from ``sigma`` to ``sigma_min``, then
-    to 0 (``n = 1``: the denoiser ``D(x; sigma)``). Returns the clean estimate; ``n`` network calls per item."""
+    to 0 (``n = 1``: the denoiser ``D(x; sigma)``). Returns the clean estimate; ``n`` network calls."""
     grid = karras_sigmas(sigma, min(sigma_min, sigma), n, rho)
     for s, s_next in zip(grid[:-1], grid[1:]):
-        d = denoise_chunked(prior, x, s, batch)
-        x = d if s_next == 0 else x + (s_next - s) / s * (x - d)
+        x = pf_ode_step(x, prior.denoise(x, s), s, s_next)
     return x
 
 
@@ -127,7 +119,7 @@ def kalman_increment(x: torch.Tensor, g: torch.Tensor, y: torch.Tensor, weight: 
     dg = gf - gf.mean(dim=1, keepdim=True)
     if normalize == "kalman":
         if taper is not None:
-            raise ValueError("localize is not supported with normalize='kalman' (use 'trace' or 'frobenius')")
+            raise InvalidValueError("localize is not supported with normalize='kalman' (use 'trace' or 'frobenius')")
         # C^{xg} (C^{gg} + gamma I)^{-1} r_j = dX (dG^T dG + J gamma I)^{-1} dG^T r_j: a J x J solve per item
         gram = torch.bmm(dg, dg.transpose(1, 2))  # <dg_k, dg_l>
         ridge = kalman_reg * gram.diagonal(dim1=1, dim2=2).sum(-1) / J  # J gamma, gamma = rho tr(C^gg) / J
@@ -200,7 +192,7 @@ def cost(steps: int, updates: int, thr_start: float, thr_end: float, inner_div: 
     sigma_max=Float(0, low_open=True, doc="largest EDM noise level"),
     sigma_min=Float(0, low_open=True, doc="smallest EDM noise level"), rho=Float(0, low_open=True, doc="EDM grid rho"),
     batch=Int(1, doc="particles per network call"), return_particles=Bool("return every particle in info")),
-                  requires="forward",
+                  requires="forward", nfe=lambda k, prior: budget(**k)["nfe_per_particle"],
                   summary="Ensemble Kalman diffusion guidance: derivative-free, forward evaluations of A only "
                           "(black boxes, PDE solvers)")
 @torch.no_grad()
@@ -243,19 +235,7 @@ def enkg(prior, op, y, *, generators, steps=80, ensemble_size=512, updates=2, gu
         ``forward_evaluations`` (items through ``G``), ``guided_steps`` and the settings. ``nfe`` is the sequential
         network calls per particle.
     """
-    J, K = int(ensemble_size), int(updates)
-    if J < 2:
-        raise ValueError(f"ensemble_size must be >= 2 (the Kalman step needs an ensemble covariance), got {J}")
-    if K < 0 or batch < 1 or steps < 1 or inner_div < 1 or max_inner < 1:
-        raise ValueError(f"need updates >= 0 and batch, steps, inner_div, max_inner >= 1; got updates={K}, "
-                         f"batch={batch}, steps={steps}, inner_div={inner_div}, max_inner={max_inner}")
-    if normalize not in ("frobenius", "trace", "none", "kalman"):
-        raise ValueError(f"normalize must be 'frobenius', 'trace', 'none' or 'kalman', got {normalize!r}")
-    if not kalman_reg > 0:
-        raise ValueError(f"kalman_reg must be > 0, got {kalman_reg!r}")
-    if max_step is not None and (isinstance(max_step, bool) or not isinstance(max_step, (int, float))
-                                 or not max_step > 0):
-        raise ValueError(f"max_step must be None or a number > 0 (a multiple of sigma_i sqrt(d)), got {max_step!r}")
+    J, K = ensemble_size, updates
     B = y.shape[0]
     shape = (prior.channels,) + tuple(prior.image_size)
     taper = _taper(localize, op, normalize)
@@ -264,17 +244,17 @@ def enkg(prior, op, y, *, generators, steps=80, ensemble_size=512, updates=2, gu
     sig = karras_sigmas(s_max, s_min, steps, rho)
     window = set(guided_steps(steps, thr_start, thr_end))
     op_j = op.repeat_interleave(J)  # operator for the (B * J) particle batch, item b's particles consecutive
+    net = prior.chunked(batch)
     x = torch.cat([torch.randn((J,) + shape, generator=g, device=g.device) for g in generators]).to(y.device)
     x = x * sig[0]  # (B * J, C, H, W): particle j of item b at row b * J + j
 
-    nfe, misfit, calls, ratios, capped = 0, [], 0, [], torch.zeros(B, dtype=torch.long)
+    misfit, calls, ratios, capped = [], 0, [], torch.zeros(B, dtype=torch.long)
     for i in progress_bar(range(steps), progress, "EnKG", total=steps):
         if i in window:
             n_i = inner_steps(i, steps, inner_div, max_inner)
             w_i = guidance if lr_min_ratio == 0 else guidance * (1 - lr_min_ratio) * (steps - i) / steps + lr_min_ratio
             for _ in range(K):
-                x0 = pf_ode_to_clean(prior, x, sig[i], n_i, s_min, batch, rho)
-                nfe += n_i
+                x0 = pf_ode_to_clean(net, x, sig[i], n_i, s_min, rho)
                 _check_finite(x0, J, "the clean estimate PHI(x)", f"at outer step {i}")
                 try:
                     g = op_j(prior.from_prior(x0))
@@ -295,13 +275,12 @@ def enkg(prior, op, y, *, generators, steps=80, ensemble_size=512, updates=2, gu
                     dx = cap_norm(dx, float(max_step) * noise_norm)
                 x = (x.reshape(dx.shape).double() - dx).to(x.dtype).reshape(x.shape)
                 _check_finite(x, J, "the updated particle", f"after the Kalman step at outer step {i}")
-        d = denoise_chunked(prior, x, sig[i], batch)
-        nfe += 1
-        x = d if sig[i + 1] == 0 else x + (sig[i + 1] - sig[i]) / sig[i] * (x - d)
+        x = pf_ode_step(x, net.denoise(x, sig[i]), sig[i], sig[i + 1])
     _check_finite(x, J, "the final particle", "at the end")
     particles = prior.from_prior(x).reshape((B, J) + tuple(prior.from_prior(x[:1]).shape[1:]))
     mean = particles.mean(dim=1)
     mag = particles.abs() if particles.is_complex() else particles
+    nfe = prior.nfe
     info = {
         "spread": mag.std(dim=1).cpu(), "misfit": torch.stack(misfit) if misfit else torch.zeros(0, B),
         "step_ratio": torch.stack(ratios) if ratios else torch.zeros(0, B), "capped": capped,
@@ -311,27 +290,28 @@ def enkg(prior, op, y, *, generators, steps=80, ensemble_size=512, updates=2, gu
     }
     if return_particles:
         info["particles"] = particles.cpu()
-    return SamplerOutput(x=mean, nfe=nfe, info=info)
+    return SamplerOutput(x=mean, info=info)
 
 
 def _taper(localize, op, normalize):
     if localize is None:
         return None
     if normalize == "kalman":
-        raise ValueError("localize is not supported with normalize='kalman' (use 'trace' or 'frobenius')")
+        raise InvalidValueError("localize is not supported with normalize='kalman' (use 'trace' or 'frobenius')")
     if isinstance(localize, torch.Tensor):
         return localize
     if isinstance(localize, bool) or not isinstance(localize, (int, float)):
-        raise ValueError(f"localize must be None, a radius in grid cells or an (n_x, n_y) taper tensor, got "
-                         f"{localize!r}")
+        raise InvalidValueError(f"localize must be None, a radius in grid cells or an (n_x, n_y) taper tensor, got "
+                                f"{localize!r}")
     if not hasattr(op, "localization"):
-        raise ValueError(f"localize={localize!r} (a radius) needs an operator with a localization(radius) method, "
-                         f"which {type(op).__name__} does not have; pass an (n_x, n_y) taper tensor instead "
-                         "(invsolve.samplers.localization.periodic_grid_taper builds one for periodic grids)")
+        raise InvalidValueError(f"localize={localize!r} (a radius) needs an operator with a localization(radius) "
+                                f"method, which {type(op).__name__} does not have; pass an (n_x, n_y) taper tensor "
+                                "instead (invsolve.samplers.localization.periodic_grid_taper builds one for periodic "
+                                "grids)")
     return op.localization(float(localize))
 
 
-def budget(ensemble_size: int, **knobs) -> dict:
+def budget(ensemble_size: int = 512, **knobs) -> dict:
     """Cost of an EnKG run with these knobs (defaults filled in) for one measurement: network evaluations and
     forward-model evaluations, e.g. to match a baseline's budget."""
     kn = {k: knobs.get(k, v) for k, v in signature_defaults(enkg).items()}
@@ -341,5 +321,5 @@ def budget(ensemble_size: int, **knobs) -> dict:
     return c
 
 
-__all__ = ["enkg", "kalman_step", "kalman_increment", "cap_norm", "pf_ode_to_clean", "karras_sigmas",
+__all__ = ["enkg", "kalman_step", "kalman_increment", "cap_norm", "pf_ode_to_clean", "pf_ode_step", "karras_sigmas",
            "guided_steps", "inner_steps", "budget", "NonFiniteEnsembleError"]

@@ -33,6 +33,7 @@ class Knob:
         optional: ``None`` is accepted too (meaning "off" or "derive it").
         inf_ok: ``float("inf")`` is accepted (meaning "unbounded"); NaN never is.
         doc: one line: what the option does.
+        callable_ok: a callable is accepted too (e.g. a user-supplied step of a ``"choice"`` knob).
     """
 
     kind: str
@@ -44,6 +45,7 @@ class Knob:
     optional: bool = False
     doc: str = ""
     inf_ok: bool = False
+    callable_ok: bool = False
 
     def describe(self) -> str:
         """Accepted values in words, e.g. ``"a number in [0, 1]"``, ``"None or an integer >= 1"``."""
@@ -60,6 +62,7 @@ class Knob:
             txt = noun + _range_text(self) + (" (inf: unbounded)" if self.inf_ok else "")
             if self.choices:
                 txt = " or ".join(repr(c) for c in self.choices) + " or " + txt
+        txt = txt + " or a callable" if self.callable_ok else txt
         return ("None or " + txt) if self.optional else txt
 
     def check(self, value: Any, where: str) -> Any:
@@ -68,7 +71,7 @@ class Knob:
             if self.optional or self.kind == "any":
                 return None
             raise InvalidValueError(f"{where}=None is not accepted; expected {self.describe()}")
-        if self.kind == "any":
+        if self.kind == "any" or (self.callable_ok and callable(value)):
             return value
         if self.kind == "bool":
             if isinstance(value, bool):
@@ -139,9 +142,9 @@ def Float(low: Optional[float] = None, high: Optional[float] = None, *, low_open
     return Knob("float", low, high, low_open, high_open, tuple(also), optional, doc, inf_ok)
 
 
-def Choice(*choices: Any, optional: bool = False, doc: str = "") -> Knob:
-    """One of ``choices`` (compared by value and type)."""
-    return Knob("choice", choices=tuple(choices), optional=optional, doc=doc)
+def Choice(*choices: Any, optional: bool = False, callable_ok: bool = False, doc: str = "") -> Knob:
+    """One of ``choices`` (compared by value and type); ``callable_ok``: or a callable."""
+    return Knob("choice", choices=tuple(choices), optional=optional, doc=doc, callable_ok=callable_ok)
 
 
 def Bool(doc: str = "") -> Knob:

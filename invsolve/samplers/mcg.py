@@ -1,4 +1,4 @@
-"""MCG — Manifold Constrained Gradient (Chung, Sim, Ryu & Ye, NeurIPS 2022), ALGORITHMS.md §5.
+"""MCG — Manifold Constrained Gradient (Chung, Sim, Ryu & Ye, NeurIPS 2022).
 
 Per step: the DPS step (ancestral DDPM from the clipped Tweedie estimate, minus ``scale`` times the gradient of
 ``||y - A x0_hat||`` through the network; the unsquared norm is the squared one with the DPS step normalisation),
@@ -14,17 +14,16 @@ from __future__ import annotations
 import torch
 
 from .base import SamplerOutput, progress_bar, randn, register_sampler
-from .ddnm import lin_from_prior, lin_to_prior, pinv
-from .dps import ancestral_coefficients, norm_grad
 from .knobs import STEPS, Choice, Float, Int
-from .unconditional import ddim_grid
+from .steps import ancestral_step, ddim_grid, lin_from_prior, lin_to_prior, residual_gradient
 
 
 @register_sampler("mcg", knobs=dict(steps=STEPS, scale=Float(0, doc="DPS step size"),
                                     clip=Float(0, low_open=True, optional=True, doc="clamp x0_hat to [-clip, clip]"),
                                     variance=Choice("betatilde", "beta", doc="ancestral noise variance"),
                                     pinv_iters=Int(1, doc="CG iterations for A⁺ without a closed form")),
-                  summary="Manifold Constrained Gradient: DPS step + projection onto the noised measurement set")
+                  summary="Manifold Constrained Gradient: DPS step + projection onto the noised measurement set",
+                  nfe=lambda k, prior: k["steps"])
 def mcg(prior, op, y, *, generators, steps=1000, scale=0.5, clip=1.0, variance="betatilde", pinv_iters=30,
         progress=False) -> SamplerOutput:
     """MCG on a pixel-space VP prior, any linear operator (noiseless or low-noise ``y``: the projection trusts it).
@@ -36,24 +35,21 @@ def mcg(prior, op, y, *, generators, steps=1000, scale=0.5, clip=1.0, variance="
             iterations give a truncated projection (with ``A⁺A ≈ I``, a converged projection would discard the
             prior for multi-coil MRI).
 
-    Per task (embedded priors, measured): noiseless MRI 4x and CT 16 views: ``steps=100`` with the default
-    ``scale`` gave 29.15 and 38.93 dB on the headline's 8 test images (BENCHMARKS.md); for 1000 steps tune
-    ``scale`` as for DPS. Noisy measurements: prefer DPS or DDNM+, the projection does not model the noise.
+    Noiseless MRI / CT: ``steps=100`` with the default ``scale``; for 1000 steps tune ``scale`` as for DPS. Noisy
+    measurements: prefer DPS or DDNM+, the projection does not model the noise.
     """
-    nfe0 = prior.nfe
     shape = (prior.channels,) + tuple(prior.image_size)
     x = randn(shape, generators, y.device)
     y_p = y - op(prior.from_prior(torch.zeros((y.shape[0],) + shape, device=y.device)))  # A_p x0 = y_p
     for t, t_next in progress_bar(ddim_grid(prior, steps), progress, "MCG", total=steps):
-        x0, _, _, g = norm_grad(prior, op, y, x, t, clip)
-        c0, ct, var = ancestral_coefficients(prior, t, t_next, variance)
+        x0, _, _, g = residual_gradient(prior, op, y, x, t, clip)
         with torch.no_grad():
             if t_next >= 0:
-                x = c0 * x0 + ct * x + var**0.5 * randn(shape, generators, y.device) - scale * g
+                x = ancestral_step(prior, x, x0, t, t_next, randn(shape, generators, y.device), variance) - scale * g
                 ab_n = float(prior.alpha_bar(t_next))
                 y_t = ab_n**0.5 * y_p + (1 - ab_n) ** 0.5 * op(lin_from_prior(prior, randn(shape, generators,
                                                                                            y.device)))
             else:
                 x, y_t = x0 - scale * g, y_p
-            x = x - lin_to_prior(prior, pinv(op, op(lin_from_prior(prior, x)) - y_t, pinv_iters))
-    return SamplerOutput(x=prior.from_prior(x), nfe=prior.nfe - nfe0)
+            x = x - lin_to_prior(prior, op.pinv(op(lin_from_prior(prior, x)) - y_t, iterations=pinv_iters, reg=0.0))
+    return SamplerOutput(x=prior.from_prior(x))

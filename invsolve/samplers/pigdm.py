@@ -1,4 +1,4 @@
-"""ΠGDM — Pseudoinverse-Guided Diffusion Models (Song, Vahdat, Mardani & Kautz, ICLR 2023), ALGORITHMS.md §5.
+"""ΠGDM — Pseudoinverse-Guided Diffusion Models (Song, Vahdat, Mardani & Kautz, ICLR 2023).
 
 With ``p(x0 | x_t) ≈ N(x0_hat, r_t² I)``, ``r_t² = 1 - abar_t`` (prior units), the likelihood score is the
 vector-Jacobian product ``g = (d x0_hat / d x_t)ᴴ Aᴴ (r_t² AAᴴ + sigma_y² I)⁻¹ (y - A x0_hat)`` (one backward pass
@@ -14,21 +14,16 @@ from __future__ import annotations
 import torch
 
 from .base import SamplerOutput, progress_bar, randn, register_sampler
-from .ddnm import pinv, unit
 from .knobs import STEPS, Float, Int
-from .unconditional import ddim_grid
-
-
-def _real_inner(u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """``sum Re(conj(u) z)`` (a real scalar whose gradient in ``z`` is ``u``)."""
-    return (u.conj() * z).real.sum() if z.is_complex() else (u * z).sum()
+from .steps import ddim_grid, ddim_sigma, ddim_step, real_inner, unit
 
 
 @register_sampler("pigdm", knobs=dict(steps=STEPS, eta=Float(0, 1, doc="DDIM stochasticity"),
                                       sigma_y=Float(0, doc="noise std of y (0: noiseless)"),
                                       scale=Float(0, doc="guidance weight"),
                                       pinv_iters=Int(1, doc="CG iterations for A⁺ without a closed form")),
-                  summary="ΠGDM: pseudo-inverse guidance J^T A⁺(y - A x0_hat) through the network, DDIM-eta steps")
+                  summary="ΠGDM: pseudo-inverse guidance J^T A⁺(y - A x0_hat) through the network, DDIM-eta steps",
+                  nfe=lambda k, prior: k["steps"])
 def pigdm(prior, op, y, *, generators, steps=100, eta=0.2, sigma_y=0.0, scale=1.0, pinv_iters=30,
           progress=False) -> SamplerOutput:
     """ΠGDM on a pixel-space VP prior, any linear operator.
@@ -41,15 +36,9 @@ def pigdm(prior, op, y, *, generators, steps=100, eta=0.2, sigma_y=0.0, scale=1.
         pinv_iters: CG iterations for ``A⁺`` / the regularised solve when the operator has no closed form
             (multi-coil MRI, CT). As for DDNM, few iterations act as a truncated pseudo-inverse for multi-coil MRI.
 
-    Per task (embedded priors, measured): noiseless MRI 4x and CT 16 views: the defaults (100 steps) gave 29.86 and
-    32.11 dB on the headline's 8 test images (BENCHMARKS.md); noisy deblurring / SR / inpainting: set ``sigma_y``
-    to the noise std (``sigma_y = 0`` fits the noise through ``A⁺``: -3.9 dB on deblurring).
+    Noisy deblurring / SR / inpainting: set ``sigma_y`` to the noise std (``sigma_y = 0`` fits the noise through
+    ``A⁺`` and diverges on deblurring).
     """
-    if not 0 <= eta <= 1:
-        raise ValueError(f"eta must lie in [0, 1], got {eta}")
-    if sigma_y < 0:
-        raise ValueError(f"sigma_y must be >= 0, got {sigma_y}")
-    nfe0 = prior.nfe
     shape = (prior.channels,) + tuple(prior.image_size)
     x = randn(shape, generators, y.device)
     for t, t_next in progress_bar(ddim_grid(prior, steps), progress, "PiGDM", total=steps):
@@ -60,12 +49,11 @@ def pigdm(prior, op, y, *, generators, steps=100, eta=0.2, sigma_y=0.0, scale=1.
             z0 = prior.from_prior(x0)
             with torch.no_grad():
                 r2 = unit(prior) ** 2 * (1 - ab)
-                u = pinv(op, y - op(z0), pinv_iters, reg=sigma_y**2 / r2)
-            (g,) = torch.autograd.grad(_real_inner(u, z0), xg)
+                u = op.pinv(y - op(z0), iterations=pinv_iters, reg=sigma_y**2 / r2)
+            (g,) = torch.autograd.grad(real_inner(u, z0), xg)
         with torch.no_grad():
-            x0, e = x0.detach(), e.detach()
-            c1 = eta * ((1 - ab_n) / (1 - ab) * (1 - ab / ab_n)) ** 0.5
-            x = ab_n**0.5 * x0 + max(1 - ab_n - c1**2, 0.0) ** 0.5 * e + scale * (ab_n * ab) ** 0.5 * g
+            x = ddim_step(x0.detach(), e.detach(), ab, ab_n, eta) + scale * (ab_n * ab) ** 0.5 * g
+            c1 = ddim_sigma(ab, ab_n, eta)
             if t_next >= 0 and c1 > 0:
                 x = x + c1 * randn(shape, generators, y.device)
-    return SamplerOutput(x=prior.from_prior(x), nfe=prior.nfe - nfe0)
+    return SamplerOutput(x=prior.from_prior(x))

@@ -1,7 +1,7 @@
-"""STSL — Second-order Tweedie sampler from a Surrogate Loss (Rout et al., CVPR 2024), ALGORITHMS.md §2.
+"""STSL — Second-order Tweedie sampler from a Surrogate Loss (Rout et al., CVPR 2024).
 
-No reference code exists; this is our reconstruction of Algorithm 1 (§2.3). Per DDIM step ``t`` the latent ``z`` is
-first moved by ``N`` gradient steps on the surrogate loss
+No reference code exists; this is our reconstruction of the paper's Algorithm 1. Per DDIM step ``t`` the latent ``z``
+is first moved by ``N`` gradient steps on the surrogate loss
 
     L(z) = lam · ||y - A D(z0(z))||²  +  (eta / d) · (1/h) εᵀ ( s(z + h ε) - s(z) ),     ε ~ N(0, I)
 
@@ -13,52 +13,29 @@ product (unbiased for the trace when the score is linear over the probe's reach)
 guidance ignores (the Jensen gap of the likelihood). Gradients go through the decoder, the Tweedie map and both
 network calls.
 
-Decisions we had to make (flagged [DESIGN] in ALGORITHMS.md):
+Decisions we had to make (the measurements behind them: docs/tuning.md):
 
 * the probe step is relative to the noise level, ``h = c · sqrt(1 - abar_t)``, and the term is divided by ``h``
-  so that its expectation is ``tr H`` for every step. The paper's formula as quoted has ``h = 1``; that equals
-  ours (``c = 1``) at high noise, but at low noise a unit step leaves the region where the score is linear and,
-  on a Gaussian-mixture test prior, made the trace term's gradient dominate with noise (errors 20x larger);
+  so that its expectation is ``tr H`` for every step (the paper's formula as quoted has ``h = 1``, which equals ours
+  at high noise but leaves the score's linear region at low noise);
 * one probe per inner iteration; ``N = 2`` inner iterations (2 network calls each) + 1 DDIM call = 5 NFE per step,
   250 NFE at 50 steps, the paper's count;
 * start: the encoded back-projection ``E(Aᵀy)`` forward-diffused to the top of the DDIM grid (``init``);
   deterministic DDIM (``eta_DDIM = 0``); the final latent is the Tweedie estimate at ``t = 0``;
 * the data term is the squared norm with weight ``lam``; ``eta / lam`` sets the trace term's relative weight;
-* the step size (the paper's appendix B.1 values were not available): by default a capped Polyak step
-  (``step="polyak"``): ``z <- z - s ∇L`` with ``s = min(rho · lam ||r||² / ||∇L||², cap / (2 lam ||r||))``. The first
-  term is a fraction ``rho`` of the gradient step that would bring the data term to zero if it were linear in ``z``:
-  it needs no scale (invariant to ``lam``, the image range and how steep the decoder is) and shrinks with the
-  residual, so late steps do not oscillate around the data as constant-length steps do. The cap is ``cap`` times
-  PSLD's unit step on ``||r||``: without it the step overshoots where ``||∇L||`` is small against ``||r||``. How much
-  cap a problem wants depends on the prior (``benchmarks/bench_stsl_gaussian.py``,
-  ``benchmarks/bench_stsl_vs_psld.py``): on the analytic Gaussian test priors the posterior-mean error grows with it
-  (Gaussian 0.18 at cap 1, 0.71 at 4, 1.6 at 16, 23 unbounded), so the default is 1; on ``natural-latent`` the cap of
-  1 bound most steps in the last third of sampling and left the data residual far above the noise on photos unlike the
-  training set, and the best cap of 4 or 16 gained 0.7 / 1.7 / 0.8 dB (deblur / SR / inpaint) on the validation crops.
-  The alternatives are the DPS rule ``rho ∇L / ||r||`` (``step="residual"``; ``rho = 0.5`` is PSLD's unit step) and a
-  fixed step ``rho ∇L`` (``step="fixed"``). ``rho`` and ``cap`` were chosen on validation crops of the training photos
-  (``benchmarks/bench_stsl_vs_psld.py --validate``), never on held-out photos; the latent configs
-  (``configs/reconstruct/*_stsl.yaml``) set them per task (deblur rho 0.3 / cap 16, SR 1 / 16, inpaint 0.3 / 4). There
-  the Polyak step gave 26.4 / 25.3 / 27.9 dB (deblur / SR / inpaint; 25.6 / 23.6 / 27.0 with cap 1) against 23.0 /
-  19.0 / 22.1 dB for the best residual-rule ``rho``; on the held-out photos 20.0 / 20.2 / 22.9 dB (cap 1: 18.4 / 16.9
-  / 21.0; residual rule 15.9 / 14.3 / 17.8; ``BENCHMARKS.md``). Over 4 seeds on one device that matches PSLD with 1000
-  steps at a quarter of its network calls: 20.30 / 20.01 / 23.01 dB against 20.44 / 19.68 / 22.80, no difference
-  significant;
+* the step size (the paper's values were not available): by default a capped Polyak step (``step="polyak"``):
+  ``z <- z - s ∇L`` with ``s = min(rho · lam ||r||² / ||∇L||², cap / (2 lam ||r||))``. The first term is a fraction
+  ``rho`` of the gradient step that would bring the data term to zero if it were linear in ``z``: it needs no scale
+  (invariant to ``lam``, the image range and how steep the decoder is) and shrinks with the residual, so late steps
+  do not oscillate around the data as constant-length steps do. The cap is ``cap`` times PSLD's unit step on
+  ``||r||``: without it the step overshoots where ``||∇L||`` is small against ``||r||``; how much cap a problem wants
+  depends on the prior (default 1; the latent configs ``configs/reconstruct/*_stsl.yaml`` set ``rho`` / ``cap`` per
+  task, chosen on validation crops). The alternatives are the DPS rule ``rho ∇L / ||r||`` (``step="residual"``;
+  ``rho = 0.5`` is PSLD's unit step) and a fixed step ``rho ∇L`` (``step="fixed"``);
 * PSLD's gluing term is optional (``gluing``, default 0: the paper's loss as quoted has none).
 
-On a Gaussian prior the trace of the Hessian is constant, so the trace term has zero gradient there and STSL
-reduces exactly to its first-order (``eta = 0``) variant (``tests/test_stsl.py``). It can only matter for non-Gaussian
-priors. On the analytic mixtures it did not help: on a 3-component Gaussian mixture (d = 16, 50 % inpainting,
-sigma_y = 0.1) the posterior-mean error grows with ``eta`` (0.0974 at 0, 0.0975 at 0.02, 0.119 at 8), and likewise
-with a narrow (variance 0.01) and a broad component (0.2215, 0.2215, 0.240); with the uncapped residual rule the
-narrow component's trace gradient at low noise threw the iterates off even at ``eta = 0.02``. Nor where the Jensen
-gap is largest: over sigma_y 0.1 / 0.3 and 50 % / 85 % missing entries (64 items each), eta in (0.02, 0.5, 2)
-lowered the error by more than two paired standard errors in none of 24 cells, and raised it in 2
-(``benchmarks/bench_stsl_gaussian.py``). On ``natural-latent`` with the tuned caps the paper's weight helped 4x SR
-on the held-out photos: +0.45 ± 0.11 dB over ``eta = 0``, higher in 14 of 16 image-seed pairs (4 seeds); on
-deblurring (+0.33 ± 0.31 dB) and inpainting (+0.02 ± 0.06 dB) the difference is within the spread. With cap 1 it
-moved the means by -0.13 to +0.31 dB, no more than rounding does: the same runs on a CPU and a GPU differ by up to
-1.3 dB per image.
+On a Gaussian prior the trace of the Hessian is constant, so the trace term has zero gradient and STSL reduces
+exactly to its first-order (``eta = 0``) variant (``tests/test_stsl.py``); it can only matter for non-Gaussian priors.
 """
 from __future__ import annotations
 
@@ -66,8 +43,7 @@ import torch
 
 from .base import SamplerOutput, progress_bar, randn, register_sampler
 from .knobs import STEPS, Choice, Float, Int
-from .psld import ddim_update, glue_term, initial_latent, needs_adjoint
-from .unconditional import ddim_grid
+from .steps import ddim_grid, ddim_step, glue_term, initial_latent, needs_adjoint
 
 
 def hutchinson_trace(prior, z: torch.Tensor, t, probe: torch.Tensor, c: float = 1.0, e=None) -> torch.Tensor:
@@ -88,6 +64,10 @@ def hutchinson_trace(prior, z: torch.Tensor, t, probe: torch.Tensor, c: float = 
 STEP_RULES = ("polyak", "residual", "fixed")
 
 
+def _stsl_nfe(k, prior) -> int:
+    return k["steps"] * (k["inner"] * (2 if k["eta"] > 0 else 1) + 1)
+
+
 @register_sampler("stsl", knobs=dict(
     steps=STEPS, inner=Int(1, doc="surrogate-loss gradient steps per outer step"),
     lam=Float(0, doc="weight of the data term"), rho=Float(0, low_open=True, doc="step size (per the step rule)"),
@@ -97,7 +77,7 @@ STEP_RULES = ("polyak", "residual", "fixed")
     cap=Float(0, low_open=True, inf_ok=True, doc="Polyak step cap, in PSLD steps"),
     init=Choice("adjoint", "pinv", "noise", doc="initial image"),
     pinv_iters=Int(1, doc="CG iterations for A⁺ without a closed form")),
-                  requires="differentiable", latent_ok=True, version=2, neutral=("cap",),
+                  requires="differentiable", latent_ok=True, nfe=_stsl_nfe,
                   adjoint_knobs=lambda k: needs_adjoint(k["init"], k["gluing"]),
                   summary="STSL: DDIM + N gradient steps per step on a data term at the Tweedie mean plus a "
                           "Hutchinson trace of the score Jacobian (second-order Tweedie; latent or pixel priors)")
@@ -114,9 +94,8 @@ def stsl(prior, op, y, *, generators, steps=50, inner=2, lam=1.0, rho=1.0, eta=0
         step: ``"polyak"`` (default): ``z <- z - min(rho · lam ||r||² / ||∇L||², cap / (2 lam ||r||)) ∇L``, a
             fraction ``rho`` of the step that zeroes the linearised data term (``r = y - A D(z0)``), never longer
             than ``cap`` times PSLD's step; ``"residual"``: ``z <- z - rho ∇L / ||r||`` (the DPS rule
-            ``zeta_t = zeta' / ||r||``; ``rho = 0.5`` is PSLD's scale); ``"fixed"``: ``z <- z - rho ∇L``. A fixed
-            step suits no single noise level: on ``natural-latent`` the data-term gradient norm falls from ~440 at
-            ``t = 900`` to ~2.4 at ``t = 10`` (deblurring).
+            ``zeta_t = zeta' / ||r||``; ``rho = 0.5`` is PSLD's scale); ``"fixed"``: ``z <- z - rho ∇L`` (suits no
+            single noise level: the data-term gradient norm falls by orders of magnitude over the grid).
         cap: the Polyak step's cap in units of PSLD's step ``1 / (2 lam ||r||)`` (``float("inf")``: uncapped).
         eta: weight of the trace term, divided by the latent dimension ``d`` (paper: 0.02; 0 gives the first-order
             variant with one network call per inner step).
@@ -129,17 +108,9 @@ def stsl(prior, op, y, *, generators, steps=50, inner=2, lam=1.0, rho=1.0, eta=0
         operator-domain ``D(z_0)``; ``info["residual"]``: ``||y - A D(z0)||`` at the last inner iteration of each
         step ``(S, B)``; ``info["trace"]``: the Hutchinson estimates there (``eta > 0``).
     """
-    if inner < 1 or int(inner) != inner:
-        raise ValueError(f"inner must be a positive integer, got {inner!r}")
-    if step not in STEP_RULES:
-        raise ValueError(f"step must be one of {STEP_RULES}, got {step!r}")
     if step == "polyak" and lam == 0:
         raise ValueError("lam must be > 0 with step='polyak' (its step is a fraction of the data term; with lam = 0 "
                          "it would never move): use step='fixed' for the trace term alone")
-    if eta < 0 or lam < 0 or rho <= 0 or c <= 0 or gluing < 0 or not cap > 0:
-        raise ValueError(f"need eta, lam, gluing >= 0 and rho, c, cap > 0; got eta={eta}, lam={lam}, rho={rho}, "
-                         f"c={c}, cap={cap}, gluing={gluing}")
-    nfe0 = prior.nfe
     grid = ddim_grid(prior, steps)
     z = initial_latent(prior, op, y, generators, grid[0][0], init, pinv_iters)
     shape = tuple(z.shape[1:])
@@ -172,10 +143,10 @@ def stsl(prior, op, y, *, generators, steps=50, inner=2, lam=1.0, rho=1.0, eta=0
             traces.append(tr.detach())
         with torch.no_grad():
             z0, e = prior.tweedie(z, t)
-            z = ddim_update(prior, z0, e, t_next)
+            z = ddim_step(z0, e, *(prior.alpha_bar(s).to(z0.dtype) for s in (t, t_next)))
     with torch.no_grad():
         x = prior.from_prior(z)
     info = {"residual": torch.stack(residuals).cpu()}
     if traces:
         info["trace"] = torch.stack(traces).cpu()
-    return SamplerOutput(x=x, nfe=prior.nfe - nfe0, info=info)
+    return SamplerOutput(x=x, info=info)

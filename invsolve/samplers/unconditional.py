@@ -5,21 +5,12 @@ from typing import Optional
 
 import torch
 
-from ..priors.base import Prior
-
-
-def ddim_grid(prior: Prior, steps: int) -> list:
-    """``[(t, t_next), ...]`` pairs of the DDS/DDIM grid: ``tau_k = k * (T // steps)``, ending at ``t_next = -1``."""
-    if not 1 <= steps <= prior.num_train_timesteps:
-        raise ValueError(f"steps must be in [1, {prior.num_train_timesteps}], got {steps}")
-    delta = prior.num_train_timesteps // steps
-    taus = [k * delta for k in range(steps)]
-    return list(zip(taus[::-1], taus[::-1][1:] + [-1]))
+from .steps import clip_tweedie, ddim_grid, ddim_sigma, ddim_step  # noqa: F401  (ddim_grid: public here too)
 
 
 @torch.no_grad()
-def sample_ddim(prior: Prior, n: int, steps: int = 50, eta: float = 0.0, seed: int = 0,
-                clip: Optional[float] = None, device=None) -> torch.Tensor:
+def sample_ddim(prior, n: int, steps: int = 50, eta: float = 0.0, seed: int = 0, clip: Optional[float] = None,
+                device=None) -> torch.Tensor:
     """Draw ``n`` samples ``(n, C, H, W)`` in prior space with DDIM (``eta`` = DDIM stochasticity).
 
     ``clip`` clamps the Tweedie estimate to ``[-clip, clip]`` at every step (off by default).
@@ -31,11 +22,8 @@ def sample_ddim(prior: Prior, n: int, steps: int = 50, eta: float = 0.0, seed: i
     for t, t_next in ddim_grid(prior, steps):
         x0, e = prior.tweedie(x, t)
         if clip is not None:
-            x0 = x0.clamp(-clip, clip)
-            ab = prior.alpha_bar(t).to(x.dtype)
-            e = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
+            x0, e = clip_tweedie(x, x0, prior.alpha_bar(t).to(x.dtype), clip)
         ab_t, ab_n = prior.alpha_bar(t).item(), prior.alpha_bar(t_next).item()
-        sig = eta * ((1 - ab_n) / (1 - ab_t) * (1 - ab_t / ab_n)) ** 0.5
-        noise = torch.randn(shape, generator=g).to(device) if sig > 0 else 0.0
-        x = ab_n**0.5 * x0 + max(1 - ab_n - sig**2, 0.0) ** 0.5 * e + sig * noise
+        noise = torch.randn(shape, generator=g).to(device) if ddim_sigma(ab_t, ab_n, eta) > 0 else None
+        x = ddim_step(x0, e, ab_t, ab_n, eta, noise)
     return x

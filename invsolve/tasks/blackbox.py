@@ -23,8 +23,8 @@ from pathlib import Path
 from ..errors import InputFileError, InvsolveError
 from ..operators.blackbox import BlackBox
 from ..operators.phase_retrieval import PhaseRetrieval, SaturatingBlur, as_black_box
-from . import register_task
-from .imaging import SOURCE, _images, _problem
+from .imaging import SOURCE, load_images, make_problem
+from .registry import register_task
 
 PR_DEFAULTS = dict(SOURCE, oversample=2.0, noise_sigma=0.0, black_box=True, workers=None, executor="none")
 NLB_DEFAULTS = dict(SOURCE, gain=2.0, kernel_size=9, kernel_sigma=2.0, padding="reflect", noise_sigma=0.01,
@@ -73,21 +73,21 @@ def _maybe_black_box(op, black_box: bool, executor, workers):
                                                        "(black box; EnKG)")
 def build_phase_retrieval(source, index, path, key, size, resize, noise_seed, oversample, noise_sigma, black_box,
                           workers, executor):
-    x, names, origin = _images(source, index, path, key, size, resize)
+    x, names, origin = load_images(source, index, path, key, size, resize)
     op = _maybe_black_box(PhaseRetrieval(size, x.shape[1], oversample), black_box, executor, workers)
     meta = {"oversample": oversample, "black_box": black_box}
-    return _problem(op, x, names, origin, noise_sigma, noise_seed, meta, [])
+    return make_problem(op, x, names, origin, noise_sigma, noise_seed, meta, [])
 
 
 @register_task("nonlinear-blur", NLB_DEFAULTS, summary="Gaussian blur + saturating sensor response of held-out "
                                                        "photos (black box; EnKG)")
 def build_nonlinear_blur(source, index, path, key, size, resize, noise_seed, gain, kernel_size, kernel_sigma,
                          padding, noise_sigma, black_box, workers, executor):
-    x, names, origin = _images(source, index, path, key, size, resize)
+    x, names, origin = load_images(source, index, path, key, size, resize)
     op = SaturatingBlur(gain=gain, padding=padding, size=kernel_size, sigma=kernel_sigma, image_size=size)
     meta = {"gain": gain, "kernel_size": kernel_size, "kernel_sigma": kernel_sigma, "padding": padding,
             "black_box": black_box}
-    return _problem(_maybe_black_box(op, black_box, executor, workers), x, names, origin, noise_sigma, noise_seed,
+    return make_problem(_maybe_black_box(op, black_box, executor, workers), x, names, origin, noise_sigma, noise_seed,
                     meta, [])
 
 
@@ -96,9 +96,9 @@ def build_nonlinear_blur(source, index, path, key, size, resize, noise_seed, gai
 def build_blackbox(source, index, path, key, size, resize, noise_seed, function, batched, output_shape, noise_sigma,
                    executor, workers, chunk_size):
     fn = load_function(function)
-    x, names, origin = _images(source, index, path, key, size, resize)
+    x, names, origin = load_images(source, index, path, key, size, resize)
     op = BlackBox(fn, input_shape=tuple(x.shape[1:]), output_shape=None if output_shape is None else
                   tuple(output_shape), batched=batched, executor=_executor(executor, workers), chunk_size=chunk_size,
                   default_prior="natural")
     meta = {"function": function, "batched": batched, "executor": executor, "workers": workers}
-    return _problem(op, x, names, origin, noise_sigma, noise_seed, meta, [])
+    return make_problem(op, x, names, origin, noise_sigma, noise_seed, meta, [])

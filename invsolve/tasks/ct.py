@@ -45,8 +45,8 @@ from ..linalg import power_iteration
 from ..operators.ct import ParallelBeamCT, limited_angle_angles, sparse_view_angles
 from ..operators.fanbeam import FanBeamCT
 from ..operators.noise import GaussianNoise
-from . import Problem, register_task
-from .mri import _load_array
+from .mri import load_array
+from .registry import Problem, register_task
 
 GEOMETRY = dict(geometry="sparse_view", beam="parallel", source_distance=None, n_views=16, arc_degrees=120.0,
                 step_degrees=1.0, start_degrees=0.0, angles_file=None, n_detectors=None, noise_sigma=0.0,
@@ -63,7 +63,7 @@ def angles_for(geometry: str, n_views: int, arc_degrees: float, step_degrees: fl
     """View angles (float64 radians) of ``problem.geometry`` or from ``angles_file``; ``sparse_view`` spans
     ``[0, π)`` for parallel beams and ``[0, 2π)`` (a full scan) for fan beams."""
     if angles_file:
-        a = np.asarray(_load_array(angles_file, None), dtype=np.float64)
+        a = np.asarray(load_array(angles_file, None), dtype=np.float64)
         if a.ndim != 1:
             raise ShapeError(f"problem.angles_file {angles_file} must hold a 1-D array of radians, got shape {a.shape}")
         return torch.from_numpy(a)
@@ -126,7 +126,7 @@ def _units(x: torch.Tensor, image_units: str) -> torch.Tensor:
 def _image_file(path, key, size, resize, image_units, what="image") -> torch.Tensor:
     if path is None:
         raise InputFileError(f"problem.path is required when problem.source='{what}'")
-    arr = np.asarray(_load_array(path, key))
+    arr = np.asarray(load_array(path, key))
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3 or np.iscomplexobj(arr):
@@ -155,7 +155,7 @@ def _pick(x, names, index):
 def _sinogram(path, key, angles, size, min_detectors: Optional[int] = None) -> torch.Tensor:
     if path is None:
         raise InputFileError("problem.path is required when problem.source='sinogram'")
-    s = np.asarray(_load_array(path, key))
+    s = np.asarray(load_array(path, key))
     if np.iscomplexobj(s) or s.ndim not in (2, 3, 4) or (s.ndim == 4 and s.shape[1] != 1):
         raise ShapeError(f"sinogram in {path} must be real with shape (V, D), (B, V, D) or (B, 1, V, D), got "
                          f"{s.shape} ({s.dtype})")

@@ -23,10 +23,11 @@ import torch.nn.functional as F
 from ..data import natural
 from ..errors import InputFileError, ShapeError
 from ..operators.blur import Blur, gaussian_kernel, motion_kernel, uniform_kernel
+from ..operators.inpainting import Inpainting, box_mask, random_mask
 from ..operators.noise import GaussianNoise
-from ..operators.sampling import Inpainting, SuperResolution, box_mask, random_mask
-from . import Problem, register_task
-from .mri import _load_array
+from ..operators.resolution import SuperResolution
+from .mri import load_array
+from .registry import Problem, register_task
 
 SOURCE = dict(source="example", index=[0, 3, 6, 9], path=None, key=None, size=64, resize=False, noise_seed=0)
 DEBLUR_DEFAULTS = dict(SOURCE, kernel="gaussian", kernel_size=15, kernel_sigma=2.0, motion_intensity=0.5,
@@ -50,7 +51,7 @@ def _user_images(path, key, size, resize) -> torch.Tensor:
     if Path(path).suffix.lower() in IMAGE_SUFFIXES:
         x = natural.load_image(path)
     else:
-        a = np.asarray(_load_array(path, key))
+        a = np.asarray(load_array(path, key))
         if a.ndim == 2:
             a = a[None, None]
         elif a.ndim == 3 and a.shape[-1] in (1, 3):
@@ -72,7 +73,7 @@ def _user_images(path, key, size, resize) -> torch.Tensor:
     return x
 
 
-def _images(source, index, path, key, size, resize):
+def load_images(source, index, path, key, size, resize):
     if source == "example":
         x, names = natural.heldout_photos(size)
         idx = [index] if isinstance(index, int) else list(index)
@@ -86,7 +87,7 @@ def _images(source, index, path, key, size, resize):
     raise ValueError(f"problem.source must be 'example' or 'image', got {source!r}")
 
 
-def _problem(op, x, names, origin, noise_sigma, noise_seed, meta, baselines) -> Problem:
+def make_problem(op, x, names, origin, noise_sigma, noise_seed, meta, baselines) -> Problem:
     if noise_sigma < 0:
         raise ValueError(f"problem.noise_sigma must be >= 0, got {noise_sigma}")
     y = op(x)
@@ -107,7 +108,7 @@ def make_kernel(kernel, kernel_size, kernel_sigma, motion_intensity, kernel_seed
     if kernel == "file":
         if kernel_file is None:
             raise InputFileError("problem.kernel_file is required when problem.kernel='file'")
-        return torch.from_numpy(np.asarray(_load_array(kernel_file, None), dtype=np.float64))
+        return torch.from_numpy(np.asarray(load_array(kernel_file, None), dtype=np.float64))
     raise ValueError(f"problem.kernel must be 'gaussian', 'uniform', 'motion' or 'file', got {kernel!r}")
 
 
@@ -115,7 +116,7 @@ def make_kernel(kernel, kernel_size, kernel_sigma, motion_intensity, kernel_seed
                                                   "held-out photos or your image")
 def build_deblur(source, index, path, key, size, resize, noise_seed, kernel, kernel_size, kernel_sigma,
                  motion_intensity, kernel_seed, kernel_file, padding, noise_sigma) -> Problem:
-    x, names, origin = _images(source, index, path, key, size, resize)
+    x, names, origin = load_images(source, index, path, key, size, resize)
     k = make_kernel(kernel, kernel_size, kernel_sigma, motion_intensity, kernel_seed, kernel_file)
     op = Blur(k, padding=padding, image_size=size)
     meta = {"kernel": kernel, "kernel_shape": list(op.kernel.shape), "padding": padding}
@@ -125,14 +126,14 @@ def build_deblur(source, index, path, key, size, resize, noise_seed, kernel, ker
         meta.update({"motion_intensity": motion_intensity, "kernel_seed": kernel_seed})
     elif kernel == "file":
         meta["kernel_file"] = str(kernel_file)
-    return _problem(op, x, names, origin, noise_sigma, noise_seed, meta, ["wiener"])
+    return make_problem(op, x, names, origin, noise_sigma, noise_seed, meta, ["wiener"])
 
 
 @register_task("inpaint", INPAINT_DEFAULTS, summary="inpainting (random pixels / box / your mask) of held-out "
                                                     "photos or your image")
 def build_inpaint(source, index, path, key, size, resize, noise_seed, mask, fraction_missing, box_size, mask_seed,
                   mask_file, noise_sigma) -> Problem:
-    x, names, origin = _images(source, index, path, key, size, resize)
+    x, names, origin = load_images(source, index, path, key, size, resize)
     H, W = x.shape[-2:]
     if mask == "random":
         m = random_mask((H, W), fraction_missing, seed=mask_seed)
@@ -141,7 +142,7 @@ def build_inpaint(source, index, path, key, size, resize, noise_seed, mask, frac
     elif mask == "file":
         if mask_file is None:
             raise InputFileError("problem.mask_file is required when problem.mask='file'")
-        m = torch.from_numpy(np.asarray(_load_array(mask_file, None), dtype=np.float32))
+        m = torch.from_numpy(np.asarray(load_array(mask_file, None), dtype=np.float32))
         if tuple(m.shape[-2:]) != (H, W) or m.dim() not in (2, 3):
             raise ShapeError(f"problem.mask_file {mask_file} holds a mask of shape {tuple(m.shape)}; expected "
                              f"({H}, {W}) or (B, {H}, {W}) to match the images")
@@ -149,13 +150,13 @@ def build_inpaint(source, index, path, key, size, resize, noise_seed, mask, frac
         raise ValueError(f"problem.mask must be 'random', 'box' or 'file', got {mask!r}")
     op = Inpainting(m)
     meta = {"mask_type": mask, "mask_seed": mask_seed, "missing_fraction": float(1 - op.mask.mean())}
-    return _problem(op, x, names, origin, noise_sigma, noise_seed, meta, ["adjoint", "wiener"])
+    return make_problem(op, x, names, origin, noise_sigma, noise_seed, meta, ["adjoint", "wiener"])
 
 
 @register_task("sr", SR_DEFAULTS, summary="super-resolution (bicubic / average-pool downsampling) of held-out "
                                           "photos or your image")
 def build_sr(source, index, path, key, size, resize, noise_seed, factor, mode, noise_sigma) -> Problem:
-    x, names, origin = _images(source, index, path, key, size, resize)
+    x, names, origin = load_images(source, index, path, key, size, resize)
     op = SuperResolution(factor, mode, image_size=size)
     meta = {"factor": factor, "mode": mode}
-    return _problem(op, x, names, origin, noise_sigma, noise_seed, meta, ["pinv", "wiener"])
+    return make_problem(op, x, names, origin, noise_sigma, noise_seed, meta, ["pinv", "wiener"])

@@ -24,14 +24,14 @@ from ..operators import coils as coil_lib
 from ..operators import masks as mask_lib
 from ..operators.mri import MultiCoilMRI
 from ..operators.noise import GaussianNoise
-from . import Problem, register_task
+from .registry import Problem, register_task
 
 DEFAULTS = dict(source="example", example="mni", index=[0, 1, 2, 3], path=None, key=None, slice=None,
                 size=64, mask="uniform1d", acceleration=4.0, center_fraction=0.08, mask_seed=0, mask_file=None,
                 coils=8, maps_file=None, noise_sigma=0.0, noise_seed=0, kspace_crop=None, espirit_calib=16)
 
 
-def _load_array(path: str, key: Optional[str], h5_slice: Optional[int] = None) -> np.ndarray:
+def load_array(path: str, key: Optional[str], h5_slice: Optional[int] = None) -> np.ndarray:
     p = Path(path).expanduser()
     if not p.exists():
         raise InputFileError(f"input file {str(p)!r} not found")
@@ -73,7 +73,7 @@ def _images_from_source(source, example, index, path, key, size):
         if bad:
             raise ValueError(f"problem.index {bad} out of range: example {example!r} has {x.shape[0]} images")
         return x[idx], [names[i] for i in idx]
-    arr = _load_array(path, key)
+    arr = load_array(path, key)
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3:
@@ -84,7 +84,7 @@ def _images_from_source(source, example, index, path, key, size):
 
 def _mask(kind, shape, acceleration, center_fraction, seed, mask_file):
     if mask_file:
-        return torch.from_numpy(np.asarray(_load_array(mask_file, None), dtype=np.float32))
+        return torch.from_numpy(np.asarray(load_array(mask_file, None), dtype=np.float32))
     kw = dict(acceleration=acceleration, seed=seed)
     if kind in ("uniform1d", "gaussian1d"):
         kw["center_fraction"] = center_fraction
@@ -123,7 +123,7 @@ def _centre_crop(k: np.ndarray, crop: Sequence[int]) -> np.ndarray:
 def _from_kspace(path, key, h5_slice, mask_file, maps_file, kspace_crop, espirit_calib, meta) -> Problem:
     if path is None:
         raise InputFileError("problem.path is required when problem.source='kspace'")
-    k = _load_array(path, key or ("kspace" if str(path).endswith((".h5", ".hdf5")) else None), h5_slice)
+    k = load_array(path, key or ("kspace" if str(path).endswith((".h5", ".hdf5")) else None), h5_slice)
     if not np.iscomplexobj(k):
         raise ShapeError(f"k-space in {path} must be complex, got dtype {k.dtype}")
     if k.ndim == 3:
@@ -134,13 +134,13 @@ def _from_kspace(path, key, h5_slice, mask_file, maps_file, kspace_crop, espirit
         k = _centre_crop(k, kspace_crop)
     ks = torch.from_numpy(np.ascontiguousarray(k)).to(torch.complex64)
     if mask_file:
-        m = torch.from_numpy(np.asarray(_load_array(mask_file, None), dtype=np.float32))
+        m = torch.from_numpy(np.asarray(load_array(mask_file, None), dtype=np.float32))
         if kspace_crop:
             m = torch.from_numpy(_centre_crop(m.numpy(), kspace_crop).copy())
     else:
         m = (ks.abs().sum(dim=(0, 1)) > 0).to(torch.float32)
     if maps_file:
-        maps = torch.from_numpy(np.asarray(_load_array(maps_file, None))).to(torch.complex64)
+        maps = torch.from_numpy(np.asarray(load_array(maps_file, None))).to(torch.complex64)
         if kspace_crop and maps.shape[-2:] != ks.shape[-2:]:
             raise ShapeError("coil maps do not match the cropped k-space; give maps at the cropped size")
         meta["coil_maps"] = str(maps_file)

@@ -1,4 +1,4 @@
-"""Navier–Stokes initial-state inversion (task ``ns``), ALGORITHMS.md §3.4.
+"""Navier–Stokes initial-state inversion (task ``ns``), the EnKG paper's problem (Zheng et al., arXiv 2409.20175).
 
 Truth: held-out initial vorticity fields (the ``"test"`` seed stream of :mod:`invsolve.data.ns_bank`, generated
 exactly like the ``ns-vorticity`` prior's training bank but never trained on; ``source: example``), or the user's
@@ -14,8 +14,8 @@ import torch
 
 from ..errors import ShapeError
 from ..operators.navier_stokes import NavierStokes2D
-from . import Problem, register_task
-from .mri import _load_array
+from .mri import load_array
+from .registry import Problem, register_task
 
 DEFAULTS = dict(source="example", index=[0, 1, 2, 3], path=None, key=None, size=64, solver_size=64, T=1.0,
                 stride=2, noise_sigma=0.0, noise_seed=0, cache=None, seed=0)
@@ -38,7 +38,7 @@ def build(source, index, path, key, size, solver_size, T, stride, noise_sigma, n
     if source == "example":
         w, names = heldout_truth(index, size, solver_size, seed, cache)
     elif source == "file":
-        a = np.asarray(_load_array(path, key), dtype=np.float32)
+        a = np.asarray(load_array(path, key), dtype=np.float32)
         a = a[None] if a.ndim == 2 else a
         if a.ndim != 3 or a.shape[1] != a.shape[2]:
             raise ShapeError(f"vorticity file {path} must hold (H, W) or (N, H, W) square fields, got {a.shape}")
