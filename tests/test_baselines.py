@@ -14,9 +14,8 @@ from invsolve.eval.metrics import psnr
 from invsolve.operators import Blur, Inpainting, MultiCoilMRI, Operator, SingleCoilMRI, coils, masks, uniform_kernel
 from invsolve.operators.noise import GaussianNoise
 from invsolve.priors import DiffusersPrior
-from invsolve.samplers.ddnm import lin_from_prior, lin_to_prior
-from invsolve.samplers.dps import ancestral_coefficients
-from invsolve.samplers.tv import grad2d, grad2d_adjoint, tv_norm
+from invsolve.samplers.steps import ancestral_coefficients, lin_from_prior, lin_to_prior
+from invsolve.solvers.tv import grad2d, grad2d_adjoint, tv_norm
 
 DIFFUSION = ["dps", "ddnm", "diffpir", "pigdm", "mcg"]
 SCHED = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear",
@@ -172,7 +171,7 @@ def test_dps_improves_on_zero_filling_on_heldout_brain(mri_prior, brain_problem)
 @pytest.fixture(scope="module")
 def inpainting_problem():
     from invsolve.data.natural import heldout_photos
-    from invsolve.operators.sampling import random_mask
+    from invsolve.operators import random_mask
 
     x, _ = heldout_photos(64, n_crops_per_photo=1)
     x = x[:1]

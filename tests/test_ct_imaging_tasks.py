@@ -17,8 +17,8 @@ from invsolve.eval.metrics import psnr, ssim
 from invsolve.operators.blur import Blur, gaussian_kernel
 from invsolve.operators.ct import ParallelBeamCT, sparse_view_angles
 from invsolve.samplers.dds3d import dz, dz_adjoint, tv_z_consistency, z_difference_rmse, z_flicker
-from invsolve.samplers.tv import grad2d, grad2d_adjoint
-from invsolve.samplers.wiener import noise_sigma_mad, wiener
+from invsolve.solvers.tv import grad2d, grad2d_adjoint
+from invsolve.solvers.wiener import noise_sigma_mad, wiener
 from invsolve.tasks import build_problem
 from invsolve.tasks.ct import phantom_volume
 

@@ -6,8 +6,8 @@ import invsolve as inv
 from invsolve.eval.metrics import psnr
 from invsolve.operators import MultiCoilMRI, coils, masks
 from invsolve.operators.noise import GaussianNoise
-from invsolve.samplers.dds import data_consistency
-from invsolve.samplers.unconditional import ddim_grid
+from invsolve.samplers.consistency import cg_solve as data_consistency
+from invsolve.samplers.steps import ddim_grid
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_num_samples_gives_samples_and_std(mri_prior, mri_problem):
 def test_dds_clip_keeps_x0_hat_in_the_data_range_and_validates():
     """``clip`` clamps the Tweedie estimate in prior space: with a prior centred far outside [-1, 1] and a
     negligible data weight the output stays inside the data range only when clipping is on."""
-    from invsolve.operators.sampling import Inpainting
+    from invsolve.operators import Inpainting
     from invsolve.priors.gaussian import GaussianPrior
 
     prior = GaussianPrior(torch.full((1, 8, 8), 3.0), variance=0.01)  # prior space ~ 3 -> data ~ 2 (range (0, 1))
@@ -108,7 +108,7 @@ def test_dds_clip_keeps_x0_hat_in_the_data_range_and_validates():
 def test_dds_warm_start_runs_the_tail_of_the_grid_from_the_classical_estimate():
     """CCDF warm start: ``t_start=0.5`` runs the grid steps with ``t <= T/2`` (5 of 10) from the noised ``init``
     reconstruction; starting late enough keeps the result near the classical estimate; bad knobs are errors."""
-    from invsolve.operators.sampling import Inpainting, random_mask
+    from invsolve.operators import Inpainting, random_mask
     from invsolve.priors.gaussian import GaussianPrior
 
     prior = GaussianPrior(torch.zeros(1, 8, 8), variance=0.25)  # prior space 0 -> data 0.5
@@ -133,11 +133,16 @@ def test_dds_warm_start_runs_the_tail_of_the_grid_from_the_classical_estimate():
 def test_off_by_default_options_leave_the_evaluation_identity_unchanged():
     """Stored evaluation results stay valid: DDS at its defaults hashes like before clip/init/t_start existed,
     and setting one of them changes the identity."""
+    from invsolve.eval.identity import identity_knobs
     from invsolve.samplers.base import get_sampler, resolve_knobs
 
     spec = get_sampler("dds")
+
+    def ident(**kw):
+        return identity_knobs("dds", spec.defaults, resolve_knobs(spec, kw))
+
     before = dict(steps=50, eta=0.85, cg_iters=5, gamma=1.0, dc="prox", renoise="reference",
                   reproduce_reference_rhs=False, reference_complex_inner_product=False, reference_last_step=True)
-    assert spec.identity_knobs(resolve_knobs(spec, {})) == before
-    assert spec.identity_knobs(resolve_knobs(spec, {"clip": 1.0}))["clip"] == 1.0
-    assert "t_start" in spec.identity_knobs(resolve_knobs(spec, {"init": "wiener", "t_start": 0.3}))
+    assert ident() == before
+    assert ident(clip=1.0)["clip"] == 1.0
+    assert "t_start" in ident(init="wiener", t_start=0.3)

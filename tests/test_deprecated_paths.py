@@ -11,13 +11,16 @@ MOVED = [  # (old module, name, new module, new name)
     ("invsolve.operators.sampling", "box_mask", "invsolve.operators.inpainting", "box_mask"),
     ("invsolve.operators.sampling", "SuperResolution", "invsolve.operators.resolution", "SuperResolution"),
     ("invsolve.operators.sampling", "bicubic_matrix", "invsolve.operators.resolution", "bicubic_matrix"),
-    ("invsolve.samplers.tv", "tv", "invsolve.samplers.classical.tv", "tv"),
-    ("invsolve.samplers.tv", "grad2d", "invsolve.samplers.classical.tv", "grad2d"),
-    ("invsolve.samplers.tv", "grad2d_adjoint", "invsolve.samplers.classical.tv", "grad2d_adjoint"),
-    ("invsolve.samplers.tv", "tv_norm", "invsolve.samplers.classical.tv", "tv_norm"),
-    ("invsolve.samplers.wiener", "wiener", "invsolve.samplers.classical.wiener", "wiener"),
-    ("invsolve.samplers.wiener", "noise_sigma_mad", "invsolve.samplers.classical.wiener", "noise_sigma_mad"),
-    ("invsolve.samplers.wiener", "pinv", "invsolve.samplers.classical.linear", "pseudo_inverse"),
+    ("invsolve.samplers.classical", "adjoint", "invsolve.solvers.linear", "adjoint"),
+    ("invsolve.samplers.classical", "cg_sense", "invsolve.solvers.linear", "cg_sense"),
+    ("invsolve.samplers.classical", "fbp", "invsolve.solvers.linear", "fbp"),
+    ("invsolve.samplers.tv", "tv", "invsolve.solvers.tv", "tv"),
+    ("invsolve.samplers.tv", "grad2d", "invsolve.solvers.tv", "grad2d"),
+    ("invsolve.samplers.tv", "grad2d_adjoint", "invsolve.solvers.tv", "grad2d_adjoint"),
+    ("invsolve.samplers.tv", "tv_norm", "invsolve.solvers.tv", "tv_norm"),
+    ("invsolve.samplers.wiener", "wiener", "invsolve.solvers.wiener", "wiener"),
+    ("invsolve.samplers.wiener", "noise_sigma_mad", "invsolve.solvers.wiener", "noise_sigma_mad"),
+    ("invsolve.samplers.wiener", "pinv", "invsolve.solvers.linear", "pseudo_inverse"),
     ("invsolve.samplers.dds", "data_consistency", "invsolve.samplers.consistency", "cg_solve"),
     ("invsolve.samplers.ddnm", "lin_from_prior", "invsolve.samplers.steps", "lin_from_prior"),
     ("invsolve.samplers.ddnm", "lin_to_prior", "invsolve.samplers.steps", "lin_to_prior"),
@@ -51,8 +54,9 @@ def test_unknown_names_are_still_attribute_errors():
         old.nothing  # noqa: B018
 
 
-def test_the_moved_classical_samplers_are_registered_under_their_names():
-    from invsolve.samplers import classical, get_sampler
+def test_the_moved_classical_methods_are_registered_under_their_names():
+    from invsolve import solvers
+    from invsolve.samplers import get_sampler
 
-    assert get_sampler("tv").fn is classical.tv.tv and get_sampler("wiener").fn is classical.wiener.wiener
-    assert get_sampler("pinv").fn is classical.pseudo_inverse
+    assert get_sampler("tv").fn is solvers.tv.tv and get_sampler("wiener").fn is solvers.wiener.wiener
+    assert get_sampler("pinv").fn is solvers.pseudo_inverse and get_sampler("cg").fn is solvers.cg_sense

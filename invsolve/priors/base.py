@@ -17,7 +17,6 @@ Every network call increments :attr:`nfe` (one per batched call, the usual NFE c
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -164,23 +163,11 @@ class Prior(nn.Module):
 
     def sigmas(self, steps: int, kind: str = "karras", sigma_min: Optional[float] = None,
                sigma_max: Optional[float] = None, rho: float = 7.0) -> Tensor:
-        """Decreasing noise levels ``(steps + 1,)`` ending in 0 (float64).
+        """Decreasing noise levels ``(steps + 1,)`` ending in 0 (float64): ``"karras"`` (EDM, ``rho``),
+        ``"loglinear"`` or ``"vp"`` (see :func:`invsolve.samplers.steps.sigma_schedule`, where schedules live)."""
+        from ..samplers.steps import sigma_schedule
 
-        ``kind``: ``"karras"`` (EDM, ``rho``), ``"loglinear"`` or ``"vp"`` (the training timesteps, evenly spaced).
-        """
-        smin = self.sigma_min if sigma_min is None else sigma_min
-        smax = self.sigma_max if sigma_max is None else sigma_max
-        if kind == "karras":
-            r = torch.linspace(0, 1, steps, dtype=torch.float64)
-            s = (smax ** (1 / rho) + r * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
-        elif kind == "loglinear":
-            s = torch.logspace(math.log10(smax), math.log10(smin), steps, dtype=torch.float64)
-        elif kind == "vp":
-            ts = torch.linspace(self.num_train_timesteps - 1, 0, steps).round().long()
-            s = self.sigma_of_t(ts).cpu()
-        else:
-            raise ValueError(f"kind must be 'karras', 'loglinear' or 'vp', got {kind!r}")
-        return torch.cat([s, s.new_zeros(1)])
+        return sigma_schedule(self, steps, kind, sigma_min, sigma_max, rho)
 
     # ------------------------------------------------------------------ misc
     def summary(self) -> str:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 
 from .._deprecated import moved
-from .base import SamplerOutput, progress_bar, randn, register_sampler
+from .base import SamplerOutput, progress_bar, register_sampler
 from .knobs import STEPS, Float, Int
-from .steps import ddim_grid, renoise, unit, ve_sigma
+from .steps import ddim_grid, prior_noise, renoise, unit, ve_sigma
 
 
 @register_sampler("ddnm", knobs=dict(steps=STEPS,
@@ -49,8 +49,7 @@ def ddnm(prior, op, y, *, generators, steps=100, eta=0.85, sigma_y=0.0, pinv_ite
     diverges on ill-conditioned operators (deblurring). Time-travel (``L > 1``) is not implemented (the InverseBench
     default ``L = 1``).
     """
-    shape = (prior.channels,) + tuple(prior.image_size)
-    x = randn(shape, generators, y.device)
+    x = prior_noise(prior, generators, y.device)
     sy = sigma_y / unit(prior)  # prior units
     for t, t_next in progress_bar(ddim_grid(prior, steps), progress, "DDNM", total=steps):
         x0, e = prior.tweedie(x, t)
@@ -69,8 +68,8 @@ def ddnm(prior, op, y, *, generators, steps=100, eta=0.85, sigma_y=0.0, pinv_ite
         if t_next < 0:
             x = x0c
             continue
-        n = randn(shape, generators, y.device)
-        x = renoise(x0c, e, n, ab_n, eta, sigma=max(s_next**2 - (lam * sy) ** 2, 0.0) ** 0.5)
+        sigma = max(s_next**2 - (lam * sy) ** 2, 0.0) ** 0.5  # the budget less the noise the correction carries
+        x = renoise(x0c, e, prior_noise(prior, generators, y.device), ab_n, eta, sigma=sigma)
     return SamplerOutput(x=prior.from_prior(x))
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import torch
 
 from .._deprecated import moved
-from .base import SamplerOutput, get_sampler, progress_bar, randn, register_sampler, resolve_knobs
+from ..errors import InvalidValueError
+from .base import SamplerOutput, get_sampler, progress_bar, register_sampler, resolve_knobs
 from .consistency import cg_step
 from .knobs import STEPS, Any_, Bool, Choice, Float, Int, Mapping
-from .steps import clip_tweedie, ddim_grid, ddim_step, renoise
+from .steps import clip_tweedie, ddim_grid, ddim_step, prior_noise, renoise
 
 
 def dds_loop(prior, y, generators, grid, x, dc, *, eta=0.85, renoise_rule="reference", reference_last_step=True,
@@ -22,7 +23,6 @@ def dds_loop(prior, y, generators, grid, x, dc, *, eta=0.85, renoise_rule="refer
 
     Returns ``(operator-domain result, per-step residuals)`` (a residual per step where ``dc`` reports one).
     """
-    shape = tuple(x.shape[1:])
     residuals = []
     for t, t_next in progress_bar(grid, progress, desc, total=len(grid)):
         x0_hat, e = prior.tweedie(x, t)
@@ -37,7 +37,7 @@ def dds_loop(prior, y, generators, grid, x, dc, *, eta=0.85, renoise_rule="refer
         if t_next < 0 or (t_next == 0 and reference_last_step):
             x = x0c
             continue
-        n = randn(shape, generators, y.device)
+        n = prior_noise(prior, generators, y.device)
         if renoise_rule == "reference":
             x = renoise(x0c, e, n, ab_n, eta)
         else:
@@ -57,7 +57,8 @@ def _warm_start(prior, op, y, n, t0, init, init_knobs):
     """``sqrt(abar_t0) x_init + sqrt(1 - abar_t0) n`` in prior space, ``x_init`` from the classical sampler ``init``."""
     spec = get_sampler(init)
     if spec.needs_prior:
-        raise ValueError(f"init must name a classical sampler (no prior), got {init!r}")
+        raise InvalidValueError(f"sampler 'dds': init={init!r} is not accepted; expected the name of a classical "
+                                f"sampler (no prior), e.g. 'wiener', 'cg', 'pinv'")
     x_init = spec.fn(None, op, y, generators=None, **resolve_knobs(spec, dict(init_knobs or {}))).x
     ab = prior.alpha_bar(t0).to(n.dtype)
     return ab.sqrt() * prior.to_prior(x_init) + (1 - ab).sqrt() * n
@@ -112,11 +113,12 @@ def dds(prior, op, y, *, generators, steps=50, eta=0.85, cg_iters=5, gamma=1.0, 
         operator-domain reconstruction; ``info["cg_residual"]`` holds the final CG residual per step ``(S, B)``.
     """
     if init is None and (t_start != 1 or init_knobs):
-        raise ValueError("t_start < 1 and init_knobs need init= (the name of a classical sampler to start from)")
+        raise InvalidValueError("sampler 'dds': t_start < 1 and init_knobs need init= (the name of a classical "
+                                "sampler to start from)")
     if not callable(dc):
         dc = cg_step(op, y, mode=dc, gamma=gamma, cg_iters=cg_iters, reproduce_reference_rhs=reproduce_reference_rhs,
                      reference_complex_inner_product=reference_complex_inner_product)
-    x = randn((prior.channels,) + tuple(prior.image_size), generators, y.device)
+    x = prior_noise(prior, generators, y.device)
     grid = dds_grid(prior, steps, init, t_start)  # with a warm start the grid's tail (never empty: it ends at 0)
     if init is not None:
         x = _warm_start(prior, op, y, x, grid[0][0], init, init_knobs)

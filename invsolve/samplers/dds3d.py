@@ -26,7 +26,7 @@ from .base import SamplerOutput, randn, register_sampler
 from .consistency import TVzADMM, dz, dz_adjoint, soft_threshold, tv_z_consistency  # noqa: F401  (public here too)
 from .dds import dds_loop
 from .knobs import STEPS, Bool, Float, Int
-from .steps import ddim_grid
+from .steps import ddim_grid, prior_noise
 
 
 def z_flicker(x: torch.Tensor) -> float:
@@ -55,16 +55,11 @@ def dds3d(prior, op, y, *, generators, steps=50, eta=0.85, cg_iters=5, rho=0.025
           progress=False) -> SamplerOutput:
     """DDS with TV_z-ADMM data consistency on a volume ``y`` = slices ``(Z, ...)`` (module docstring).
 
-    Args:
-        steps / eta / cg_iters / reference_last_step: as for ``dds``.
-        rho: ADMM penalty ``ρ >= 0`` (0: no TV, independent slices).
-        lam: TV_z weight ``λ >= 0``; the shrinkage threshold on slice differences is ``λ / ρ`` (image units).
-        gamma: proximal weight ``γ > 0`` towards the Tweedie estimate, or ``None`` (reference: warm start only).
-        normalize: divide the data term by ``||A||²`` (power iteration with ``power_iterations`` steps from a
-            fixed seed, so the slices' generators are untouched).
-        chunk: at most this many slices per network call (memory bound); one NFE per step counts all slices.
-    Returns:
-        the volume ``(Z, ...)``; ``info``: ``cg_residual`` ``(S,)``, ``opnorm_sq``, ``z_flicker`` of the result.
+    ``steps``, ``eta``, ``cg_iters``, ``reference_last_step`` as for ``dds``; ``rho`` (0: independent slices),
+    ``lam`` (shrinkage threshold ``lam / rho`` on slice differences, image units), ``gamma`` and ``normalize`` as in
+    the module docstring (``||A||²`` by ``power_iterations`` power-iteration steps from a fixed seed, so the slices'
+    generators are untouched); ``chunk``: slices per network call (one NFE per step counts all of them).
+    Returns the volume ``(Z, ...)``; ``info``: ``cg_residual`` ``(S,)``, ``opnorm_sq``, ``z_flicker`` of the result.
     """
     L = 1.0
     if normalize:
@@ -72,7 +67,7 @@ def dds3d(prior, op, y, *, generators, steps=50, eta=0.85, cg_iters=5, rho=0.025
         v0 = randn(AHy.shape[1:], [torch.Generator().manual_seed(0)], AHy.device, dtype=AHy.dtype)
         L = float(power_iteration(op.normal, v0, iterations=power_iterations)[0])
     dc = TVzADMM(op, y, opnorm_sq=L, rho=rho, lam=lam, gamma=gamma, cg_iters=cg_iters)
-    x = randn((prior.channels,) + tuple(prior.image_size), generators, y.device)
+    x = prior_noise(prior, generators, y.device)
     out, residuals = dds_loop(prior.chunked(min(chunk, prior.max_batch or chunk)), y, generators,
                               ddim_grid(prior, steps), x, dc, eta=eta, reference_last_step=reference_last_step,
                               progress=progress, desc="DDS-3D")

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from .base import SamplerOutput, progress_bar, randn, register_sampler
+from .base import SamplerOutput, progress_bar, register_sampler
 from .knobs import STEPS, Float, Int
-from .steps import ddim_grid, eps_from_x0, renoise, unit
+from .steps import ddim_grid, eps_from_x0, prior_noise, renoise, unit
 
 
 @register_sampler("diffpir", knobs=dict(steps=STEPS,
@@ -43,8 +43,7 @@ def diffpir(prior, op, y, *, generators, steps=100, lam=8.0, sigma_y=0.05, zeta=
     Per task: noisy deblurring / SR / inpainting: ``sigma_y`` = the noise std, ``zeta`` 0.3 (deblur, SR) or 1.0
     (inpainting), ``lam`` 1-10 tuned on validation images. Noiseless MRI / CT: the defaults (the 0.05 floor).
     """
-    shape = (prior.channels,) + tuple(prior.image_size)
-    x = randn(shape, generators, y.device)
+    x = prior_noise(prior, generators, y.device)
     for t, t_next in progress_bar(ddim_grid(prior, steps), progress, "DiffPIR", total=steps):
         x0, _ = prior.tweedie(x, t)
         z0 = prior.from_prior(x0)
@@ -54,7 +53,7 @@ def diffpir(prior, op, y, *, generators, steps=100, lam=8.0, sigma_y=0.05, zeta=
         if t_next < 0:
             x = x0c
             continue
-        n = randn(shape, generators, y.device)
+        n = prior_noise(prior, generators, y.device)
         x = renoise(x0c, eps_from_x0(x, x0c, ab), n, float(prior.alpha_bar(t_next)), zeta**0.5,
                     eps_weight=(1 - zeta) ** 0.5)
     return SamplerOutput(x=prior.from_prior(x))

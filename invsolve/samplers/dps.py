@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 
 from .._deprecated import moved
-from .base import SamplerOutput, progress_bar, randn, register_sampler
+from .base import SamplerOutput, progress_bar, register_sampler
 from .knobs import STEPS, Choice, Float
-from .steps import ancestral_step, ddim_grid, residual_gradient, vp_sde_step
+from .steps import ancestral_step, ddim_grid, prior_noise, residual_gradient, vp_sde_step
 
 
 @register_sampler("dps", knobs=dict(steps=STEPS, scale=Float(0, doc="step size on grad ||y - A(x0_hat)||"),
@@ -48,13 +48,12 @@ def dps(prior, op, y, *, generators, steps=1000, scale=0.5, clip=1.0, variance="
         operator-domain reconstruction ``A``-consistent up to the guidance; ``info["residual"]``: per-step
         residual norms ``(steps, B)``.
     """
-    shape = (prior.channels,) + tuple(prior.image_size)
-    x = randn(shape, generators, y.device)
+    x = prior_noise(prior, generators, y.device)
     residuals = []
     for t, t_next in progress_bar(ddim_grid(prior, steps), progress, "DPS", total=steps):
         x0, _, r, g = residual_gradient(prior, op, y, x, t, clip)
         residuals.append(r)
-        n = randn(shape, generators, y.device) if t_next >= 0 else torch.zeros_like(x)
+        n = prior_noise(prior, generators, y.device) if t_next >= 0 else torch.zeros_like(x)
         with torch.no_grad():
             if form == "ddpm":
                 x_new = ancestral_step(prior, x, x0, t, t_next, n, variance)

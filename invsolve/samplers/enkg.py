@@ -171,13 +171,6 @@ def inner_steps(i: int, steps: int, inner_div: int, max_inner: int) -> int:
     return max(1, min(1 + (steps - i) // inner_div, max_inner))
 
 
-def cost(steps: int, updates: int, thr_start: float, thr_end: float, inner_div: int, max_inner: int) -> dict:
-    """Network calls per particle and sequential forward-model calls of one EnKG run (before choosing ``J``)."""
-    gs = guided_steps(steps, thr_start, thr_end)
-    return {"guided_steps": len(gs), "forward_calls": updates * len(gs),
-            "nfe_per_particle": steps + updates * sum(inner_steps(i, steps, inner_div, max_inner) for i in gs)}
-
-
 @register_sampler("enkg", knobs=dict(
     steps=STEPS, ensemble_size=Int(2, doc="particles J per measurement"),
     updates=Int(0, doc="Kalman updates K per guided step"), guidance=Float(0, doc="guidance weight w"),
@@ -211,12 +204,11 @@ def enkg(prior, op, y, *, generators, steps=80, ensemble_size=512, updates=2, gu
         thr_start, thr_end: guided window ``thr_start N < i < N - int(thr_end N)`` (0.05 / 0.05: 71 of 80 steps).
         inner_div, max_inner: inner steps ``n_i = min(1 + (N - i) // inner_div, max_inner)`` (4 / 20 as in
             enkg-pytorch; InverseBench uses 8). Lower ``max_inner`` to trade prediction accuracy for network calls.
-        normalize: step normalisation ``"frobenius"`` (released code, default), ``"trace"`` (paper), ``"none"``, or
-            ``"kalman"`` (regularised EKI gain, ridge ``kalman_reg`` (1.0) times ``tr(C^{gg}) / J``; use w <= 1).
+        normalize, kalman_reg: step normalisation (module docstring; ``"kalman"``: use w <= 1).
         localize: covariance localisation (an extension, not in the paper; helps small ensembles on spatially
-            local problems): ``None`` (default, the paper's update), a cut-off radius in grid cells for operators
-            with a ``localization(radius)`` method (e.g. :class:`~invsolve.operators.NavierStokes2D`), or an
-            ``(n_x, n_y)`` taper tensor (:mod:`invsolve.samplers.localization`). Not with ``normalize="kalman"``.
+            local problems): ``None`` (the paper's update), a cut-off radius in grid cells for operators with a
+            ``localization(radius)`` method (e.g. ``NavierStokes2D``), or an ``(n_x, n_y)`` taper tensor
+            (:mod:`.localization`). Not with ``normalize="kalman"``.
         max_step: trust region (an extension, not in the paper): ``None`` (default, no bound) or ``c > 0``; each
             particle's Kalman update at outer step ``i`` is scaled down to norm ``<= c sigma_i sqrt(d)`` (``d``
             entries of a particle in prior space, ``sigma_i sqrt(d)`` the norm of the noise it carries), keeping its
@@ -312,13 +304,15 @@ def _taper(localize, op, normalize):
 
 
 def budget(ensemble_size: int = 512, **knobs) -> dict:
-    """Cost of an EnKG run with these knobs (defaults filled in) for one measurement: network evaluations and
-    forward-model evaluations, e.g. to match a baseline's budget."""
-    kn = {k: knobs.get(k, v) for k, v in signature_defaults(enkg).items()}
-    c = cost(kn["steps"], kn["updates"], kn["thr_start"], kn["thr_end"], kn["inner_div"], kn["max_inner"])
-    c.update(network_evaluations=c["nfe_per_particle"] * ensemble_size,
-             forward_evaluations=c["forward_calls"] * ensemble_size)
-    return c
+    """Cost of one EnKG run with these knobs (defaults filled in) for one measurement, e.g. to match a baseline's
+    budget: ``guided_steps``, sequential ``forward_calls``, ``nfe_per_particle`` and, over the ensemble,
+    ``network_evaluations`` and ``forward_evaluations``."""
+    k = {**signature_defaults(enkg), **knobs}
+    gs = guided_steps(k["steps"], k["thr_start"], k["thr_end"])
+    nfe = k["steps"] + k["updates"] * sum(inner_steps(i, k["steps"], k["inner_div"], k["max_inner"]) for i in gs)
+    calls = k["updates"] * len(gs)
+    return {"guided_steps": len(gs), "forward_calls": calls, "nfe_per_particle": nfe,
+            "network_evaluations": nfe * ensemble_size, "forward_evaluations": calls * ensemble_size}
 
 
 __all__ = ["enkg", "kalman_step", "kalman_increment", "cap_norm", "pf_ode_to_clean", "pf_ode_step", "karras_sigmas",

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from .base import SamplerOutput, progress_bar, randn, register_sampler
+from .base import SamplerOutput, progress_bar, register_sampler
 from .knobs import STEPS, Float, Int
-from .steps import ddim_grid, ddim_sigma, ddim_step, real_inner, unit
+from .steps import ddim_grid, ddim_sigma, ddim_step, prior_noise, real_inner, tweedie_grad, unit
 
 
 @register_sampler("pigdm", knobs=dict(steps=STEPS, eta=Float(0, 1, doc="DDIM stochasticity"),
@@ -39,21 +39,21 @@ def pigdm(prior, op, y, *, generators, steps=100, eta=0.2, sigma_y=0.0, scale=1.
     Noisy deblurring / SR / inpainting: set ``sigma_y`` to the noise std (``sigma_y = 0`` fits the noise through
     ``A⁺`` and diverges on deblurring).
     """
-    shape = (prior.channels,) + tuple(prior.image_size)
-    x = randn(shape, generators, y.device)
+    x = prior_noise(prior, generators, y.device)
     for t, t_next in progress_bar(ddim_grid(prior, steps), progress, "PiGDM", total=steps):
         ab, ab_n = float(prior.alpha_bar(t)), float(prior.alpha_bar(t_next))
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
-            x0, e = prior.tweedie(xg, t)
+        reg = sigma_y**2 / (unit(prior) ** 2 * (1 - ab))  # sigma_y² / r_t² in operator units
+
+        def guidance(x0, e, _, reg=reg):  # <A⁺(y - A x0_hat), x0_hat> with the pseudo-inverse held fixed
             z0 = prior.from_prior(x0)
             with torch.no_grad():
-                r2 = unit(prior) ** 2 * (1 - ab)
-                u = op.pinv(y - op(z0), iterations=pinv_iters, reg=sigma_y**2 / r2)
-            (g,) = torch.autograd.grad(real_inner(u, z0), xg)
+                u = op.pinv(y - op(z0), iterations=pinv_iters, reg=reg)
+            return real_inner(u, z0), None
+
+        x0, e, _, g = tweedie_grad(prior, x, t, guidance)
         with torch.no_grad():
-            x = ddim_step(x0.detach(), e.detach(), ab, ab_n, eta) + scale * (ab_n * ab) ** 0.5 * g
+            x = ddim_step(x0, e, ab, ab_n, eta) + scale * (ab_n * ab) ** 0.5 * g
             c1 = ddim_sigma(ab, ab_n, eta)
             if t_next >= 0 and c1 > 0:
-                x = x + c1 * randn(shape, generators, y.device)
+                x = x + c1 * prior_noise(prior, generators, y.device)
     return SamplerOutput(x=prior.from_prior(x))

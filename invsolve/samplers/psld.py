@@ -15,7 +15,7 @@ import torch
 from .._deprecated import moved
 from .base import SamplerOutput, progress_bar, register_sampler
 from .knobs import STEPS, Choice, Float, Int
-from .steps import ddim_grid, ddim_step, glue_term, initial_latent, needs_adjoint, residual_norm
+from .steps import ddim_grid, ddim_step, glue_term, initial_latent, needs_adjoint, residual_norm, tweedie_grad
 
 
 @register_sampler("psld", knobs=dict(steps=STEPS, omega=Float(0, doc="step size on ||y - A D(z0)||"),
@@ -47,19 +47,19 @@ def psld(prior, op, y, *, generators, steps=200, omega=1.0, gamma=0.1, init="noi
     grid = ddim_grid(prior, steps)
     z = initial_latent(prior, op, y, generators, grid[0][0], init, pinv_iters)
     residuals = []
+
+    def loss(z0, e, _):
+        x0 = prior.from_prior(z0)
+        r = residual_norm(op, y, x0)
+        value = omega * r
+        if gamma > 0:
+            value = value + gamma * glue_term(prior, op, y, x0, z0, pinv_iters)
+        return value, r.detach()
+
     for t, t_next in progress_bar(grid, progress, "PSLD", total=steps):
-        with torch.enable_grad():
-            zt = z.detach().requires_grad_(True)
-            z0, e = prior.tweedie(zt, t)
-            x0 = prior.from_prior(z0)
-            r = residual_norm(op, y, x0)
-            loss = omega * r
-            if gamma > 0:
-                loss = loss + gamma * glue_term(prior, op, y, x0, z0, pinv_iters)
-            (g,) = torch.autograd.grad(loss.sum(), zt)
-        residuals.append(r.detach())
-        ab, ab_n = (prior.alpha_bar(s).to(z0.dtype) for s in (t, t_next))
-        z = ddim_step(z0.detach(), e.detach(), ab, ab_n) - g
+        z0, e, r, g = tweedie_grad(prior, z, t, loss)
+        residuals.append(r)
+        z = ddim_step(z0, e, *(prior.alpha_bar(s).to(z0.dtype) for s in (t, t_next))) - g
     with torch.no_grad():
         x = prior.from_prior(z)
     return SamplerOutput(x=x, info={"residual": torch.stack(residuals).cpu()})

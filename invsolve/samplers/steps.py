@@ -178,19 +178,36 @@ def residual_norm(op, y: Tensor, z: Tensor) -> Tensor:
     return torch.linalg.vector_norm((y - op(z)).flatten(1), dim=1)
 
 
-def residual_gradient(prior, op, y: Tensor, x: Tensor, t: int, clip: Optional[float]):
-    """One network call with gradients: ``(x0_hat, eps, ||y - A(x0_hat)||, d||y - A(x0_hat)|| / dx)``.
+def tweedie_grad(prior, x: Tensor, t: int, loss):
+    """The Tweedie estimate at ``x`` (one network call) and the gradient through the network of a guidance loss.
 
-    ``x0_hat`` is clamped to ``[-clip, clip]`` in prior space (``clip=None``: no clipping) before the residual;
-    the norms are per sample and summed only to call autograd, so each sample's gradient is its own.
+    ``loss(x0, eps, x) -> (value, extras)``: ``value`` per sample ``(B,)`` (summed only to call autograd, so each
+    sample's gradient is its own) or a scalar. Returns ``(x0, eps, extras, d value / dx)``, all detached.
     """
     with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        x0, e = prior.tweedie(x, t)
+        xg = x.detach().requires_grad_(True)
+        x0, e = prior.tweedie(xg, t)
+        value, extras = loss(x0, e, xg)
+        (g,) = torch.autograd.grad(value.sum(), xg)
+    return x0.detach(), e.detach(), extras, g
+
+
+def residual_gradient(prior, op, y: Tensor, x: Tensor, t: int, clip: Optional[float]):
+    """``(x0_hat, eps, ||y - A(x0_hat)||, d||y - A(x0_hat)|| / dx)`` (:func:`tweedie_grad`), ``x0_hat`` clamped to
+    ``[-clip, clip]`` in prior space (``clip=None``: no clipping) before the residual."""
+
+    def loss(x0, e, _):
         x0 = x0 if clip is None else x0.clamp(-clip, clip)
         r = residual_norm(op, y, prior.from_prior(x0))
-        (g,) = torch.autograd.grad(r.sum(), x)
-    return x0.detach(), e.detach(), r.detach(), g
+        return r, (x0.detach(), r.detach())
+
+    _, e, (x0, r), g = tweedie_grad(prior, x, t, loss)
+    return x0, e, r, g
+
+
+def prior_noise(prior, generators, device) -> Tensor:
+    """Standard normal noise in prior space ``(B, C, H, W)``, item ``b`` from ``generators[b]``."""
+    return randn((prior.channels,) + tuple(prior.image_size), generators, device)
 
 
 def real_inner(u: Tensor, z: Tensor) -> Tensor:
@@ -203,7 +220,7 @@ def initial_latent(prior, op, y, generators, t: int, init: str, pinv_iters: int 
     """``sqrt(abar_t) E(x_init) + sqrt(1 - abar_t) n`` with ``x_init`` = ``Aᵀy`` (``init="adjoint"``), ``A⁺y``
     (``"pinv"``), or pure noise (``"noise"``: ``n``); ``x_init`` is clamped to the prior's data range (its magnitude,
     for complex images) before encoding."""
-    n = randn((prior.channels,) + tuple(prior.image_size), generators, y.device)
+    n = prior_noise(prior, generators, y.device)
     if init == "noise":
         return n
     x = op.adjoint(y) if init == "adjoint" else op.pinv(y, iterations=pinv_iters, reg=0.0)

@@ -23,15 +23,12 @@ Decisions we had to make (the measurements behind them: docs/tuning.md):
 * start: the encoded back-projection ``E(Aᵀy)`` forward-diffused to the top of the DDIM grid (``init``);
   deterministic DDIM (``eta_DDIM = 0``); the final latent is the Tweedie estimate at ``t = 0``;
 * the data term is the squared norm with weight ``lam``; ``eta / lam`` sets the trace term's relative weight;
-* the step size (the paper's values were not available): by default a capped Polyak step (``step="polyak"``):
-  ``z <- z - s ∇L`` with ``s = min(rho · lam ||r||² / ||∇L||², cap / (2 lam ||r||))``. The first term is a fraction
-  ``rho`` of the gradient step that would bring the data term to zero if it were linear in ``z``: it needs no scale
-  (invariant to ``lam``, the image range and how steep the decoder is) and shrinks with the residual, so late steps
-  do not oscillate around the data as constant-length steps do. The cap is ``cap`` times PSLD's unit step on
-  ``||r||``: without it the step overshoots where ``||∇L||`` is small against ``||r||``; how much cap a problem wants
-  depends on the prior (default 1; the latent configs ``configs/reconstruct/*_stsl.yaml`` set ``rho`` / ``cap`` per
-  task, chosen on validation crops). The alternatives are the DPS rule ``rho ∇L / ||r||`` (``step="residual"``;
-  ``rho = 0.5`` is PSLD's unit step) and a fixed step ``rho ∇L`` (``step="fixed"``);
+* the step size (the paper's values were not available): by default a capped Polyak step (``step="polyak"``, see
+  ``stsl``'s ``step``): a fraction ``rho`` of the gradient step that would bring the data term to zero if it were
+  linear in ``z``; it needs no scale (invariant to ``lam``, the image range and how steep the decoder is) and shrinks
+  with the residual, so late steps do not oscillate around the data as constant-length steps do. The cap (``cap``
+  times PSLD's unit step on ``||r||``) stops it overshooting where ``||∇L||`` is small against ``||r||``; how much
+  cap a problem wants depends on the prior (the latent configs set ``rho`` / ``cap`` per task);
 * PSLD's gluing term is optional (``gluing``, default 0: the paper's loss as quoted has none).
 
 On a Gaussian prior the trace of the Hessian is constant, so the trace term has zero gradient and STSL reduces
@@ -39,11 +36,14 @@ exactly to its first-order (``eta = 0``) variant (``tests/test_stsl.py``); it ca
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
+from ..errors import InvalidValueError
 from .base import SamplerOutput, progress_bar, randn, register_sampler
 from .knobs import STEPS, Choice, Float, Int
-from .steps import ddim_grid, ddim_step, glue_term, initial_latent, needs_adjoint
+from .steps import ddim_grid, ddim_step, glue_term, initial_latent, needs_adjoint, tweedie_grad
 
 
 def hutchinson_trace(prior, z: torch.Tensor, t, probe: torch.Tensor, c: float = 1.0, e=None) -> torch.Tensor:
@@ -109,38 +109,40 @@ def stsl(prior, op, y, *, generators, steps=50, inner=2, lam=1.0, rho=1.0, eta=0
         step ``(S, B)``; ``info["trace"]``: the Hutchinson estimates there (``eta > 0``).
     """
     if step == "polyak" and lam == 0:
-        raise ValueError("lam must be > 0 with step='polyak' (its step is a fraction of the data term; with lam = 0 "
-                         "it would never move): use step='fixed' for the trace term alone")
+        raise InvalidValueError("sampler 'stsl': lam must be > 0 with step='polyak' (its step is a fraction of the "
+                                "data term; with lam = 0 it would never move): use step='fixed' for the trace term "
+                                "alone")
     grid = ddim_grid(prior, steps)
     z = initial_latent(prior, op, y, generators, grid[0][0], init, pinv_iters)
     shape = tuple(z.shape[1:])
     d = z[0].numel()
     residuals, traces = [], []
+
+    def loss(z0, e, zt, t):  # the surrogate loss; extras: the squared residual and the trace estimate
+        x0 = prior.from_prior(z0)
+        r2 = (y - op(x0)).flatten(1).abs().square().sum(1)  # |.|²: complex k-space too
+        value, tr = lam * r2, None
+        if eta > 0:
+            tr = hutchinson_trace(prior, zt, t, randn(shape, generators, y.device), c, e)
+            value = value + (eta / d) * tr
+        if gluing > 0:
+            value = value + gluing * glue_term(prior, op, y, x0, z0, pinv_iters)
+        return value, (r2.detach(), None if tr is None else tr.detach())
+
     for t, t_next in progress_bar(grid, progress, "STSL", total=steps):
         for _ in range(int(inner)):
-            with torch.enable_grad():
-                zt = z.detach().requires_grad_(True)
-                z0, e = prior.tweedie(zt, t)
-                x0 = prior.from_prior(z0)
-                r2 = (y - op(x0)).flatten(1).abs().square().sum(1)  # |.|²: complex k-space too
-                loss = lam * r2
-                if eta > 0:
-                    tr = hutchinson_trace(prior, zt, t, randn(shape, generators, y.device), c, e)
-                    loss = loss + (eta / d) * tr
-                if gluing > 0:
-                    loss = loss + gluing * glue_term(prior, op, y, x0, z0, pinv_iters)
-                (g,) = torch.autograd.grad(loss.sum(), zt)
+            _, _, (r2, tr), g = tweedie_grad(prior, z, t, functools.partial(loss, t=t))
             if step == "polyak":  # capped at cap x PSLD's step: unbounded it overshoots where ||∇L|| << ||r||
-                size = torch.minimum(rho * lam * r2.detach() / g.flatten(1).abs().square().sum(1).clamp_min(1e-30),
-                                     0.5 * cap / (lam * r2.detach().sqrt()).clamp_min(1e-12))
+                size = torch.minimum(rho * lam * r2 / g.flatten(1).abs().square().sum(1).clamp_min(1e-30),
+                                     0.5 * cap / (lam * r2.sqrt()).clamp_min(1e-12))
             elif step == "residual":
-                size = rho / r2.detach().sqrt().clamp_min(1e-12)
+                size = rho / r2.sqrt().clamp_min(1e-12)
             else:
                 size = torch.full_like(r2, rho)
             z = z - size.reshape(-1, *([1] * (z.dim() - 1))) * g
-        residuals.append(r2.detach().sqrt())
+        residuals.append(r2.sqrt())
         if eta > 0:
-            traces.append(tr.detach())
+            traces.append(tr)
         with torch.no_grad():
             z0, e = prior.tweedie(z, t)
             z = ddim_step(z0, e, *(prior.alpha_bar(s).to(z0.dtype) for s in (t, t_next)))

@@ -1,4 +1,4 @@
-"""Deprecated: moved to :mod:`invsolve.samplers.classical.tv` (this path is kept for one release)."""
+"""Deprecated: moved to :mod:`invsolve.solvers.tv` (this path is kept for one release)."""
 from .._deprecated import moved
 
-__getattr__ = moved(__name__, "invsolve.samplers.classical.tv")
+__getattr__ = moved(__name__, "invsolve.solvers.tv")

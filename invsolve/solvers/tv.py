@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import torch
 
-from ...linalg import power_iteration
-from ..base import SamplerOutput, bshape, progress_bar, randn, register_sampler
-from ..knobs import Float, Int
+from ..linalg import power_iteration
+from ..samplers.base import SamplerOutput, bshape, progress_bar, randn, register_sampler
+from ..samplers.knobs import Float, Int
 
 
 def grad2d(x: torch.Tensor) -> torch.Tensor:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ...linalg import cg
-from ..base import SamplerOutput, register_sampler
-from ..knobs import Choice, Float, Int
+from ..linalg import cg
+from ..samplers.base import SamplerOutput, register_sampler
+from ..samplers.knobs import Choice, Float, Int
 
 
 @register_sampler("adjoint", knobs={}, needs_prior=False,

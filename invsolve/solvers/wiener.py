@@ -5,9 +5,9 @@
 * circular :class:`~invsolve.operators.blur.Blur`: in closed form, the constrained-least-squares Wiener filter
   ``X = conj(K) Y / (|K|² + reg |∇̂|²)``, ``|∇̂|² = 4 sin²(π f_y) + 4 sin²(π f_x)`` (periodic differences; it is
   the Wiener filter for an image power spectrum ``∝ 1/|∇̂|²``);
-* any other linear operator: CG on ``(AᴴA + reg ∇ᵀ∇) x = Aᴴ y`` (Neumann differences, :func:`~invsolve.samplers.
-  classical.tv.grad2d`) started at ``Aᴴy``. For an inpainting mask this is harmonic filling of the holes; for
-  super-resolution, smooth interpolation.
+* any other linear operator: CG on ``(AᴴA + reg ∇ᵀ∇) x = Aᴴ y`` (Neumann differences,
+  :func:`~invsolve.solvers.tv.grad2d`) started at ``Aᴴy``. For an inpainting mask this is harmonic filling of the
+  holes; for super-resolution, smooth interpolation.
 
 ``reg="auto"`` sets ``reg = 100 σ̂²`` per item from the noise estimate ``σ̂ = median|h| / 0.6745`` of the finest
 Haar diagonal detail ``h`` of ``y`` (Donoho's MAD estimator); the factor 100 was picked on training-photo crops
@@ -21,10 +21,10 @@ from typing import Union
 
 import torch
 
-from ...linalg import cg
-from ...operators.blur import Blur
-from ..base import SamplerOutput, bshape, register_sampler
-from ..knobs import Float, Int
+from ..linalg import cg
+from ..operators.blur import Blur
+from ..samplers.base import SamplerOutput, bshape, register_sampler
+from ..samplers.knobs import Float, Int
 from .tv import grad2d, grad2d_adjoint
 
 AUTO_FACTOR = 100.0

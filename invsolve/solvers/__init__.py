@@ -1,5 +1,5 @@
-"""Classical reconstructions, registered as samplers without a prior: ``adjoint``, ``cg``, ``fbp``, ``pinv``
-(:mod:`.linear`), ``tv`` (:mod:`.tv`) and ``wiener`` (:mod:`.wiener`)."""
+"""Classical reconstructions (no diffusion prior), registered in the method registry next to the samplers:
+``adjoint``, ``cg``, ``fbp``, ``pinv`` (:mod:`.linear`), ``tv`` (:mod:`.tv`) and ``wiener`` (:mod:`.wiener`)."""
 from . import linear, tv, wiener  # noqa: F401  (importing registers them)
 from .linear import adjoint, cg_sense, fbp, pseudo_inverse
 from .tv import grad2d, grad2d_adjoint, tv_norm

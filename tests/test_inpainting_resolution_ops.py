@@ -6,13 +6,8 @@ import torch.nn.functional as F
 
 from invsolve.errors import ShapeError
 from invsolve.operators.base import adjoint_mismatch
-from invsolve.operators.sampling import (
-    Inpainting,
-    SuperResolution,
-    bicubic_matrix,
-    box_mask,
-    random_mask,
-)
+from invsolve.operators.inpainting import Inpainting, box_mask, random_mask
+from invsolve.operators.resolution import SuperResolution, bicubic_matrix
 
 
 def _randn(*shape, seed=0):
