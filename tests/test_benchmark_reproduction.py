@@ -1,19 +1,25 @@
-"""Stored benchmark figures are reproduced: re-solving a stored item of the core suite gives its reconstruction.
+"""Stored benchmark figures are reproduced: re-solving a stored item of the core suite gives its figures again.
 
-``results/core/items/<task>/<method>/i<image>_s<seed>.json`` records the problem options, the method's knobs, the
-seed, the machine (torch threads) and the metrics of one result that BENCHMARKS.md reports; the reconstruction is
-stored beside it locally (``.npy``, not committed). These tests rebuild the problem through the harness (its content hash must equal the
-stored one, so the measurement is the same), check that the method's configuration hash is unchanged (so the stored
-result is still current), re-run the item on the recorded number of torch threads and compare every stored metric (PSNR, SSIM, relative L2,
-data residual) **exactly** (JSON keeps a float's every bit) and the NFE: one item per core sampler, the cheapest of
-each; the diffusion samplers' items (10 s to 10 min of CPU each) are marked slow.
+``results/core/items/<task>/<method>/i<image>_s<seed>.json`` records one result that BENCHMARKS.md reports: the
+problem options, the method's knobs, the seed, the machine (torch threads) and the metrics. Each test rebuilds the
+problem through the harness (its content hash must equal the stored one: the same measurement), checks that the
+method's configuration hash is unchanged (the stored result is still current), re-runs the item on the recorded
+number of torch threads and compares, for one item per core sampler (the cheapest of each):
 
-What is compared was produced by the code before the sampler refactor (issue #25), so these tests show that the
-restructured samplers compute what the published figures came from.
+* with the stored figures: the classical methods exactly (JSON keeps every bit of a float); the diffusion samplers
+  to ``PSNR_TOL_DB`` in PSNR and ``SSIM_TOL`` in SSIM, and the NFE exactly. Their stored figures were computed in
+  other processes (other thread scheduling, another build of the kernels); re-running them with the code of
+  commit cb61635, before the sampler refactor, on this machine reproduced them to at most 0.14 dB (STSL on the
+  latent prior, whose step-size rule amplifies rounding; most within 1e-3 dB): ``tests/golden/benchmark_reruns.json``;
+* with that pre-refactor re-run, **bit-for-bit** (every metric equal), when the test runs on the machine and torch
+  build it was recorded on (elsewhere this comparison is skipped, the tolerance above still applies).
+
+The diffusion items take 10 s to 10 min of CPU each and are marked slow.
 """
 from __future__ import annotations
 
 import json
+import platform
 import re
 from pathlib import Path
 
@@ -22,13 +28,25 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 ITEMS = ROOT / "results" / "core" / "items"
+RERUNS = Path(__file__).parent / "golden" / "benchmark_reruns.json"
+PSNR_TOL_DB = 0.25
+SSIM_TOL = 0.01
 
-# one stored item per core sampler (the cheapest on CPU); items over ~30 s of CPU are slow
-FAST = ["inpaint/adjoint/i001_s0", "mri-4x/cg/i000_s0", "ct-sparse/fbp/i002_s0", "inpaint/tv/i001_s0",
-        "deblur/wiener/i003_s0", "inpaint/pinv/i003_s0"]
-SLOW = ["inpaint/dds/i000_s0", "deblur/ddnm/i001_s0", "ct-sparse/diffpir/i002_s0", "inpaint/pigdm/i000_s0",
-        "deblur/dps/i000_s0", "deblur/mcg/i000_s0", "mri-4x/stsl/i001_s0", "inpaint/stsl-latent/i001_s0",
-        "inpaint/psld/i000_s0", "sr-4x/psld-latent/i000_s0", "ns/enkg/i000_s0", "ns/dps-gsg/i000_s0"]
+CLASSICAL = ["inpaint/adjoint/i001_s0", "mri-4x/cg/i000_s0", "ct-sparse/fbp/i002_s0", "inpaint/tv/i001_s0",
+             "deblur/wiener/i003_s0", "inpaint/pinv/i003_s0"]
+DIFFUSION = ["inpaint/dds/i000_s0", "deblur/ddnm/i001_s0", "ct-sparse/diffpir/i002_s0", "inpaint/pigdm/i000_s0",
+             "deblur/dps/i000_s0", "deblur/mcg/i000_s0", "mri-4x/stsl/i001_s0", "inpaint/stsl-latent/i001_s0",
+             "inpaint/psld/i000_s0", "sr-4x/psld-latent/i000_s0", "ns/enkg/i000_s0", "ns/dps-gsg/i000_s0"]
+
+
+def machine() -> str:
+    """The CPU model and torch build a re-run's bits depend on."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        model = next(ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor()
+    return f"{model} / {platform.machine()} / torch {torch.__version__}"
 
 
 def rerun(key: str, tmp: Path):
@@ -56,20 +74,45 @@ def rerun(key: str, tmp: Path):
     return stored, rec
 
 
-def _check(key, tmp_path):
+def figures(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, float)}
+
+
+@pytest.mark.parametrize("key", CLASSICAL)
+def test_stored_classical_results_are_reproduced_exactly(key, tmp_path):
     stored, rec = rerun(key, tmp_path)
-    want = {k: v for k, v in stored["metrics"].items() if isinstance(v, float)}
-    got = {k: rec["metrics"][k] for k in want}
-    assert "psnr" in want and got == want, f"{key}: metrics {got} != stored {want}"
-    assert rec["nfe"] == stored["nfe"]
-
-
-@pytest.mark.parametrize("key", FAST)
-def test_stored_classical_results_are_reproduced(key, tmp_path):
-    _check(key, tmp_path)
+    assert "psnr" in figures(stored["metrics"]) and figures(rec["metrics"]) == figures(stored["metrics"])
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("key", SLOW)
+@pytest.mark.parametrize("key", DIFFUSION)
 def test_stored_diffusion_results_are_reproduced(key, tmp_path):
-    _check(key, tmp_path)
+    stored, rec = rerun(key, tmp_path)
+    got, want = figures(rec["metrics"]), figures(stored["metrics"])
+    assert rec["nfe"] == stored["nfe"]
+    assert abs(got["psnr"] - want["psnr"]) <= PSNR_TOL_DB, (got, want)
+    assert abs(got["ssim"] - want["ssim"]) <= SSIM_TOL, (got, want)
+    before = json.loads(RERUNS.read_text())
+    if before["machine"] != machine():
+        pytest.skip(f"bit-for-bit check against the pre-refactor re-run needs {before['machine']!r}")
+    assert got == before["items"][key]["metrics"], "differs from the re-run of the pre-refactor code"
+
+
+def write(out: Path = RERUNS, keys=tuple(DIFFUSION)):
+    """Re-run the diffusion items and store their figures (run with the code the comparison is against)."""
+    import tempfile
+
+    items = {}
+    for key in keys:
+        with tempfile.TemporaryDirectory() as d:
+            stored, rec = rerun(key, Path(d))
+        items[key] = {"metrics": figures(rec["metrics"]), "nfe": rec["nfe"], "stored": figures(stored["metrics"])}
+        print(key, items[key]["metrics"]["psnr"], stored["metrics"]["psnr"], flush=True)
+    out.write_text(json.dumps({"machine": machine(), "items": items}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    import sys
+
+    if "--write" in sys.argv:
+        write()
