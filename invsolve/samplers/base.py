@@ -32,6 +32,10 @@ from .knobs import Knob
 REQUIRES = ("linear", "differentiable", "forward")
 
 
+class NonFiniteEnsembleError(InvsolveError, FloatingPointError):
+    """A forward-model output or a particle (EnKG) / perturbed input (DPS-GSG) became NaN/Inf."""
+
+
 @dataclass
 class SamplerOutput:
     """What a sampler returns.
@@ -62,7 +66,7 @@ class SamplerSpec:
         adjoint_knobs: for non-``"linear"`` samplers with options that need the adjoint (an ``Aᵀy`` start, a gluing
             term): resolved knobs -> a phrase naming the option that does (``None``: they run on any operator).
         operator_method: a method the operator must have (e.g. ``"fbp"``).
-        nfe: resolved knobs -> the documented network evaluations of one run (``None``: not declared).
+        nfe: ``(resolved knobs, prior) ->`` the documented network evaluations of one run (``None``: not declared).
         independent_items: items of a batch are independent problems (``False``: the batch is one volume).
     """
 
@@ -76,7 +80,7 @@ class SamplerSpec:
     summary: str = ""
     adjoint_knobs: Optional[Callable[[Dict[str, Any]], Optional[str]]] = None
     operator_method: Optional[str] = None
-    nfe: Optional[Callable[[Dict[str, Any]], int]] = None
+    nfe: Optional[Callable[[Dict[str, Any], Any], int]] = None
     independent_items: bool = True
 
     def knobs(self) -> List[str]:
@@ -147,6 +151,8 @@ class PriorView:
         return self._call("denoise", x, sigma)
 
     def __getattr__(self, name):
+        if name.startswith("__") or name in ("_prior", "_count"):  # not set yet (copy, pickle): no recursion
+            raise AttributeError(name)
         return getattr(self._prior, name)
 
 
@@ -166,7 +172,7 @@ def counted(spec: SamplerSpec, fn: Callable) -> Callable:
 
 def register_sampler(name: str, *, knobs: Dict[str, Knob], requires: str = "linear", needs_prior: bool = True,
                      latent_ok: bool = False, summary: str = "", adjoint_knobs=None,
-                     operator_method: Optional[str] = None, nfe: Optional[Callable[[Dict[str, Any]], int]] = None,
+                     operator_method: Optional[str] = None, nfe: Optional[Callable[[Dict[str, Any], Any], int]] = None,
                      independent_items: bool = True):
     """Decorator registering a sampler function under ``name`` (see :class:`SamplerSpec` for the arguments).
 

@@ -18,8 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import InvalidValueError, InvsolveError
-from .base import SamplerOutput, progress_bar, randn, register_sampler
-from .enkg import NonFiniteEnsembleError
+from .base import NonFiniteEnsembleError, SamplerOutput, progress_bar, randn, register_sampler
 from .knobs import STEPS, Choice, Float, Int
 from .steps import ancestral_step, ddim_grid
 

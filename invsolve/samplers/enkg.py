@@ -39,14 +39,10 @@ from typing import List
 import torch
 
 from ..errors import InvalidValueError, InvsolveError
-from .base import SamplerOutput, progress_bar, register_sampler, signature_defaults
+from .base import NonFiniteEnsembleError, SamplerOutput, progress_bar, register_sampler, signature_defaults
 from .knobs import STEPS, Any_, Bool, Choice, Float, Int
 from .localization import check_taper
 from .steps import karras_sigmas
-
-
-class NonFiniteEnsembleError(InvsolveError, FloatingPointError):
-    """A forward-model output or a particle of the ensemble became NaN/Inf."""
 
 
 def pf_ode_step(x: torch.Tensor, d: torch.Tensor, s: float, s_next: float) -> torch.Tensor:

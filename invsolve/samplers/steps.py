@@ -13,6 +13,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from ..errors import InvalidValueError
 from .base import randn
 
 Tensor = torch.Tensor
@@ -30,7 +31,8 @@ def _relu(v):
 def ddim_grid(prior, steps: int) -> List[Tuple[int, int]]:
     """``[(t, t_next), ...]`` of the DDS/DDIM grid ``tau_k = k * (T // steps)``, ending at ``t_next = -1``."""
     if not 1 <= steps <= prior.num_train_timesteps:
-        raise ValueError(f"steps must be in [1, {prior.num_train_timesteps}], got {steps}")
+        raise InvalidValueError(f"steps={steps} is out of range for this prior: expected 1 to "
+                                f"{prior.num_train_timesteps} (its training timesteps)")
     delta = prior.num_train_timesteps // steps
     taus = [k * delta for k in range(steps)]
     return list(zip(taus[::-1], taus[::-1][1:] + [-1]))
