@@ -59,6 +59,7 @@ def run(cfg, progress: bool = True) -> Dict[str, Any]:
     """Run a reconstruction config; returns the run record (also written to ``run.json``)."""
     from .api import solve
     from .eval.metrics import psnr, relative_l2, ssim
+    from .samplers import get_sampler
     from .tasks import build_problem
 
     out = Path(cfg.output.dir)
@@ -67,7 +68,8 @@ def run(cfg, progress: bool = True) -> Dict[str, Any]:
     sv = cfg.solver
     all_options = OmegaConf.to_container(sv.options, resolve=True) or {}
     options = _sampler_options(all_options, sv.sampler)
-    res = solve(problem.y, problem.operator, prior=sv.prior, sampler=sv.sampler, steps=sv.steps, seed=sv.seed,
+    steps = sv.steps if "steps" in get_sampler(sv.sampler).defaults else None
+    res = solve(problem.y, problem.operator, prior=sv.prior, sampler=sv.sampler, steps=steps, seed=sv.seed,
                 num_samples=int(sv.num_samples), device=sv.device, data_scale=sv.data_scale, progress=progress,
                 **options)
     baselines = problem.default_baselines if cfg.baselines is None else list(cfg.baselines)
