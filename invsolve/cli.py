@@ -79,6 +79,8 @@ def _run(args) -> int:
         from .reconstruct import main as rec_main
 
         rec = rec_main(args.config, args.overrides, overwrite=args.overwrite, progress=not args.no_progress)
+        if rec.get("note"):
+            print(f"note: {rec['note']}")
         print(f"wrote {rec['output_dir']}/ (reconstruction.npy, run.json"
               f"{', figure.png' if rec['config']['output']['figure'] else ''})")
         for name, m in rec["metrics"].items():
