@@ -31,10 +31,19 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--shard-index", type=int, default=None, help="which shard this process runs (0-based)")
     e.add_argument("--no-progress", action="store_true")
 
-    t = sub.add_parser("train-prior", parents=[common], help="train a diffusion prior from a recipe")
+    t = sub.add_parser("train-prior", parents=[common], help="train a diffusion prior from a recipe",
+                       description="Train (or resume) a prior into its own run directory (default "
+                                   "outputs/train/<name>; never the installed package). Installing a finished run as "
+                                   "an embedded prior is the separate step --export-embedded.")
     t.add_argument("recipe", help="recipe file, e.g. configs/train/mri-brain.yaml")
-    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=1000")
+    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=1000 output_dir=outputs/x")
     t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--export-embedded", action="store_true",
+                   help="do not train: install the run's finished export as embedded prior <name> (source checkouts "
+                        "only)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="with --export-embedded: replace an existing embedded prior (its weights are moved to "
+                        "outputs/replaced-priors/); otherwise: start over in an output_dir holding another run")
 
     li = sub.add_parser("list", parents=[common], help="list priors, samplers, tasks and operators")
     li.add_argument("what", nargs="?", default="all", choices=["all", "priors", "samplers", "tasks", "operators"])
@@ -104,9 +113,12 @@ def _run(args) -> int:
         return eval_main(args.suite, args.overrides, shards=args.shards, shard_index=args.shard_index,
                          progress=not args.no_progress) or 0
     if args.command == "train-prior":
+        if not args.export_embedded:
+            print("[train-prior] reading the recipe and loading torch / diffusers ...", file=sys.stderr, flush=True)
         from .train import main as train_main
 
-        train_main(args.recipe, args.overrides, progress=not args.no_progress)
+        train_main(args.recipe, args.overrides, progress=not args.no_progress, overwrite=args.overwrite,
+                   export_embedded=args.export_embedded)
         return 0
     if args.command == "list":
         return _list(args.what, args.json)

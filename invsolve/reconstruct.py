@@ -191,8 +191,11 @@ def run(cfg, progress: bool = True) -> Dict[str, Any]:
         "solve_config": res.config, "problem_meta": json_safe(problem.meta),
         "seeds": {"rule": "every image: solver.seed (sample s: solver.seed + s), independent of the selection",
                   "per_image": dict(zip(problem.names, res.config["seeds"][::pre["num_samples"]]))},
-        "baseline_cost": {b: {"seconds": r.seconds} for b, r in base_res.items()},
+        "baseline_cost": {b: {"seconds": r.seconds} for b, r in base_res.items()}, "output_dir": str(out),
     }
+    if out != pre["requested_dir"]:
+        record["note"] = (f"{pre['requested_dir']} exists and is not empty; wrote {out} instead (--overwrite "
+                          f"replaces it)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -215,10 +218,6 @@ def run(cfg, progress: bool = True) -> Dict[str, Any]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    record["output_dir"] = str(out)
-    if out != pre["requested_dir"]:
-        record["note"] = (f"{pre['requested_dir']} exists and is not empty; wrote {out} instead (--overwrite "
-                          f"replaces it)")
     return record
 
 

@@ -19,16 +19,18 @@ def ddim_grid(prior: Prior, steps: int) -> list:
 
 @torch.no_grad()
 def sample_ddim(prior: Prior, n: int, steps: int = 50, eta: float = 0.0, seed: int = 0,
-                clip: Optional[float] = None, device=None) -> torch.Tensor:
+                clip: Optional[float] = None, device=None, progress: bool = False) -> torch.Tensor:
     """Draw ``n`` samples ``(n, C, H, W)`` in prior space with DDIM (``eta`` = DDIM stochasticity).
 
-    ``clip`` clamps the Tweedie estimate to ``[-clip, clip]`` at every step (off by default).
+    ``clip`` clamps the Tweedie estimate to ``[-clip, clip]`` at every step (off by default); ``progress``: a bar.
     """
+    from .base import progress_bar
+
     device = device or prior.device
     g = torch.Generator(device="cpu").manual_seed(seed)
     shape = (n, prior.channels) + tuple(prior.image_size)
     x = torch.randn(shape, generator=g).to(device)
-    for t, t_next in ddim_grid(prior, steps):
+    for t, t_next in progress_bar(ddim_grid(prior, steps), progress, "sample grid"):
         x0, e = prior.tweedie(x, t)
         if clip is not None:
             x0 = x0.clamp(-clip, clip)

@@ -177,7 +177,8 @@ def _pick(x, names, index):
     idx = [index] if isinstance(index, int) else list(index)
     bad = [i for i in idx if not 0 <= i < x.shape[0]]
     if bad:
-        raise InvalidValueError(f"problem.index {bad} out of range: the source has {x.shape[0]} images")
+        raise InvalidValueError(f"problem.index={idx} is out of range: the source has {x.shape[0]} images "
+                                f"(0 .. {x.shape[0] - 1})")
     return x[idx], [names[i] for i in idx]
 
 

@@ -107,7 +107,8 @@ def _images(source, index, path, key, size, resize):
         idx = [index] if isinstance(index, int) else list(index)
         bad = [i for i in idx if not 0 <= i < x.shape[0]]
         if bad:
-            raise InvalidValueError(f"problem.index {bad} out of range: the held-out photos give {x.shape[0]} images")
+            raise InvalidValueError(f"problem.index={idx} is out of range: the held-out photos give {x.shape[0]} "
+                                    f"images (0 .. {x.shape[0] - 1})")
         return (x[idx], [names[i] for i in idx], "held-out photo crops (astronaut, coffee, chelsea, flower)",
                 source_keys(idx, len(idx), True))
     if source == "image":

@@ -92,7 +92,8 @@ def _images_from_source(source, example, index, path, key, size):
             raise InvalidValueError(f"problem.example must be 'mni' or 'dipy', got {example!r}")
         bad = [i for i in idx if not 0 <= i < x.shape[0]]
         if bad:
-            raise InvalidValueError(f"problem.index {bad} out of range: example {example!r} has {x.shape[0]} images")
+            raise InvalidValueError(f"problem.index={idx} is out of range: example {example!r} has {x.shape[0]} "
+                                    f"images (0 .. {x.shape[0] - 1})")
         return x[idx], [names[i] for i in idx]
     arr = _load_array(path, key)
     if arr.ndim == 2:
