@@ -148,7 +148,7 @@ def install_embedded(cfg, overwrite: bool = False, *, package: Optional[Path] = 
         raise OutputError(f"embedded prior {name!r} exists ({dest}, {_steps(dest)} training steps); pass --overwrite"
                           f" to replace it with {src} ({new_steps} steps): its current weights are then moved to "
                           f"{backup_root}/{name}-<UTC time>/")
-    backup = backup_root / f"{name}-{_utc_stamp()}"
+    backup = (Path(backup_root) / f"{name}-{_utc_stamp()}").resolve()
     if dest.exists():
         checks.writable_dir(backup, "backup directory")
     staging = weights.parent / f".{name}.partial"
