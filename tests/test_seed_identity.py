@@ -45,7 +45,8 @@ def test_cli_image_alone_or_with_others_gives_the_same_reconstruction(config, im
 def test_simulated_noise_is_keyed_by_the_image_not_its_position(opts, image, other):
     alone = build_problem({**opts, "index": [image]})
     mixed = build_problem({**opts, "index": [other, image]})
-    torch.testing.assert_close(mixed.y[1:], alone.y, rtol=0, atol=0)
+    # equal up to float rounding (batched FFTs / PDE steps round differently), far below the noise level
+    torch.testing.assert_close(mixed.y[1:], alone.y, rtol=0, atol=1e-5 * float(alone.y.abs().max()))
     assert not torch.allclose(alone.y, alone.operator(alone.x_true), atol=1e-6)  # the noise is there
     # a different noise seed gives different noise for the same image
     reseeded = build_problem({**opts, "index": [image], "noise_seed": 1})
