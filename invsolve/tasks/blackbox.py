@@ -113,6 +113,8 @@ def build_blackbox(source, index, path, key, size, resize, noise_seed, function,
                    executor, workers, chunk_size):
     fn = load_function(function)
     x, names, origin, keys = _images(source, index, path, key, size, resize)
+    if isinstance(output_shape, int):
+        output_shape = [output_shape]
     op = BlackBox(fn, input_shape=tuple(x.shape[1:]), output_shape=None if output_shape is None else
                   tuple(output_shape), batched=batched, executor=_executor(executor, workers), chunk_size=chunk_size,
                   default_prior="natural")
