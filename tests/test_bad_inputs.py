@@ -116,6 +116,8 @@ CLI = [
      "problem.fraction_missing=1.0", "preflight"),
     ("all-zero-inpainting-mask", "reconstruct", [INPAINT, "problem.mask=file", "problem.mask_file={in}/zeros.npy"],
      InvalidValueError, "problem.mask_file", "build"),
+    ("mri-all-zero-mask", "reconstruct", [MRI, "problem.mask_file={in}/zeros.npy"], InvalidValueError,
+     "problem.mask_file", "build"),
     ("acceleration-below-1", "reconstruct", [MRI, "problem.acceleration=0.5"], InvalidValueError,
      "problem.acceleration=0.5", "preflight"),
     ("index-negative", "reconstruct", [MRI, "problem.index=[-1]"], InvalidValueError, "problem.index", "preflight"),

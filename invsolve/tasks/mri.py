@@ -106,7 +106,11 @@ def _images_from_source(source, example, index, path, key, size):
 
 def _mask(kind, shape, acceleration, center_fraction, seed, mask_file):
     if mask_file:
-        return torch.from_numpy(np.asarray(_load_array(mask_file, None), dtype=np.float32))
+        m = torch.from_numpy(np.asarray(_load_array(mask_file, None), dtype=np.float32))
+        if not bool((m != 0).any()):
+            raise InvalidValueError(f"problem.mask_file={str(mask_file)!r} samples no k-space entry (all zeros); "
+                                    f"expected 1 where k-space is sampled")
+        return m
     kw = dict(acceleration=acceleration, seed=seed)
     if kind in ("uniform1d", "gaussian1d"):
         kw["center_fraction"] = center_fraction
