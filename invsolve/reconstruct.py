@@ -9,7 +9,8 @@ Every check that needs no computation runs first (:func:`preflight`): config com
 problem option and sampler option against its declaration, seeds, device, the output directory's writability;
 then the problem is built and every method is checked against its operator, and only then does anything run.
 Every image is solved with its own generator seeded by ``solver.seed`` (sample ``s``: ``seed + s``), exactly like a
-benchmark item, so an image's result never depends on which other images are selected with it.
+benchmark item, so an image's result never depends on which other images are selected with it (the slices of one
+volume, a ``joint`` problem, get ``seed + slice index``).
 """
 from __future__ import annotations
 
@@ -165,7 +166,8 @@ def run(cfg, progress: bool = True) -> Dict[str, Any]:
     sv = cfg.solver
     check_methods(problem, pre, sv.sampler)
     B = problem.y.shape[0]
-    res = solve(problem.y, problem.operator, prior=sv.prior, sampler=sv.sampler, seed=[pre["seed"]] * B,
+    seed = pre["seed"] if problem.joint else [pre["seed"]] * B  # a volume's slices: seed + slice index
+    res = solve(problem.y, problem.operator, prior=sv.prior, sampler=sv.sampler, seed=seed,
                 num_samples=pre["num_samples"], device=pre["device"], data_scale=sv.data_scale, progress=progress,
                 **pre["knobs"])
     baselines = problem.default_baselines if pre["baselines"] is None else pre["baselines"]
@@ -189,7 +191,8 @@ def run(cfg, progress: bool = True) -> Dict[str, Any]:
         "config": OmegaConf.to_container(cfg, resolve=True), "names": problem.names, "metrics": metrics,
         "cost": {"nfe": res.nfe, "seconds": res.seconds, "peak_memory_bytes": res.peak_memory},
         "solve_config": res.config, "problem_meta": json_safe(problem.meta),
-        "seeds": {"rule": "every image: solver.seed (sample s: solver.seed + s), independent of the selection",
+        "seeds": {"rule": "slice b of the volume: solver.seed + b (sample s: + s)" if problem.joint else
+                  "every image: solver.seed (sample s: solver.seed + s), independent of the selection",
                   "per_image": dict(zip(problem.names, res.config["seeds"][::pre["num_samples"]]))},
         "baseline_cost": {b: {"seconds": r.seconds} for b, r in base_res.items()}, "output_dir": str(out),
     }

@@ -30,6 +30,8 @@ class Problem:
         meta: facts to save with results (mask, kernel, seeds, noise level, source file, ...).
         data_range: value range for metrics (``None``: per-image peak of the truth).
         default_baselines: classical methods shown next to the reconstruction.
+        joint: the batch is one object (the slices of a volume, solved together): ``invsolve reconstruct`` then
+            gives slice ``b`` the seed ``seed + b`` (its place in the object) instead of every image ``seed``.
     """
 
     operator: Operator
@@ -39,6 +41,7 @@ class Problem:
     meta: Dict[str, Any] = field(default_factory=dict)
     data_range: Optional[float] = None
     default_baselines: List[str] = field(default_factory=lambda: ["adjoint"])
+    joint: bool = False
 
 
 @dataclass

@@ -367,5 +367,5 @@ def build_volume(source, n_slices, seed, slice_spacing, index, path, key, size, 
     names: List[str] = [f"slice{k:03d}" for k in range(x.shape[0])]
     keys = list(range(x.shape[0]))  # the volume is the item; its slices are keyed by their position in it
     return Problem(op, _measure(op, x, noise_sigma, noise_seed, keys), x, names, meta=meta, data_range=1.0,
-                   default_baselines=["fbp", "cg"])
+                   default_baselines=["fbp", "cg"], joint=True)
 
