@@ -104,10 +104,7 @@ def preflight(cfg) -> Dict[str, Any]:
         raise ConfigError("solver.options must map sampler names to option sections, e.g. solver.options.dds.gamma=10")
     all_options = OmegaConf.to_container(sv.options, resolve=True) or {}
     spec = get_sampler(sv.sampler)
-    knobs = _sampler_knobs(all_options, sv.sampler, sv.steps)
-    if sv.steps is not None and "steps" not in spec.defaults:
-        raise InvalidValueError(f"solver.steps={sv.steps!r} is not accepted: sampler {sv.sampler!r} has no steps; "
-                                f"remove solver.steps")
+    knobs = _sampler_knobs(all_options, sv.sampler, sv.steps)  # solver.steps is ignored by samplers without steps
     baselines = cfg.baselines
     if isinstance(baselines, ListConfig):
         baselines = OmegaConf.to_container(baselines, resolve=True)
