@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
                         "only)")
     t.add_argument("--overwrite", action="store_true",
                    help="with --export-embedded: replace an existing embedded prior (its weights are moved to "
-                        "outputs/replaced-priors/); otherwise: start over in an output_dir holding another run")
+                        "outputs/replaced-priors/); otherwise: start the run over, removing what its output_dir holds")
 
     li = sub.add_parser("list", parents=[common], help="list priors, samplers, tasks and operators",
                         description="List what is available. --sampler NAME / --task NAME print every option with "

@@ -74,10 +74,10 @@ def check_run_dir(cfg, overwrite: bool = False) -> Tuple[Path, str]:
         checks.writable_dir(path, where)
     if not out.exists() or not any(out.iterdir()):
         return out, "new"
+    if overwrite:
+        return out, "restart"
     prev = out / "recipe.yaml"
     if not prev.is_file():
-        if overwrite:
-            return out, "restart"
         raise OutputError(f"output_dir={str(out)!r} exists and holds no training run (no recipe.yaml); choose "
                           f"another output_dir= or pass --overwrite to replace its contents")
     try:
@@ -86,8 +86,6 @@ def check_run_dir(cfg, overwrite: bool = False) -> Tuple[Path, str]:
         diff = [f"(unreadable {prev.name}: {str(e).splitlines()[0]})"]
     if not diff:
         return out, "resume"
-    if overwrite:
-        return out, "restart"
     shown = ", ".join(diff[:6]) + (f" and {len(diff) - 6} more" if len(diff) > 6 else "")
     raise OutputError(f"output_dir={str(out)!r} holds a run of a different recipe (differs in {shown}); choose "
                       f"another output_dir= (e.g. output_dir={out}-2) or pass --overwrite to start over")
