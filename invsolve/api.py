@@ -129,7 +129,7 @@ def solve(y, operator: Operator, prior: Union[str, Prior, None] = None, sampler:
             raise InvsolveError(f"sampler {sampler!r} has no 'steps' option")
         knobs["steps"] = checks.check_count(steps, "steps")
     kn = resolve_knobs(spec, knobs)
-    checks.nested_sampler(spec, kn, f"sampler {sampler!r}")
+    checks.nested_sampler(spec, kn, f"sampler {sampler!r}: ")
     seed = checks.check_seeds(seed, None)
     dev = _default_device(device)
     if not (data_scale is None or data_scale == "auto" or (isinstance(data_scale, (int, float))

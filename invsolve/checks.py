@@ -160,7 +160,8 @@ def applicable_methods(operator, classical_only: bool = True) -> List[str]:
 
 def nested_sampler(spec, knobs: dict, where: str) -> None:
     """Options that name another sampler (DDS ``init`` with ``init_knobs``) must name a registered classical one,
-    with options it accepts."""
+    with options it accepts. ``where`` prefixes the option in messages (``"sampler 'dds': "``,
+    ``"solver.options.dds."``)."""
     from .errors import UnknownNameError
     from .samplers.base import available_samplers, get_sampler, resolve_knobs
 
@@ -170,12 +171,12 @@ def nested_sampler(spec, knobs: dict, where: str) -> None:
     classical = [n for n in available_samplers() if not get_sampler(n).needs_prior]
     if not isinstance(init, str) or init not in classical:
         kind = UnknownNameError if isinstance(init, str) and init not in available_samplers() else InvalidValueError
-        raise kind(f"{where}: init={init!r} is not accepted; expected None (start from noise) or a classical sampler:"
+        raise kind(f"{where}init={init!r} is not accepted; expected None (start from noise) or a classical sampler:"
                    f" {', '.join(classical)}")
     try:
         resolve_knobs(get_sampler(init), dict(knobs.get("init_knobs") or {}))
     except (InvalidValueError, UnknownNameError) as e:
-        raise type(e)(f"{where}: init_knobs: {e}") from None
+        raise type(e)(f"{where}init_knobs: {e}") from None
 
 
 def seeds_for(seed: Union[int, Sequence[int]], batch: int, num_samples: int) -> List[int]:

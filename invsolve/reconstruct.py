@@ -84,11 +84,14 @@ def _sampler_knobs(all_options: Dict[str, Any], name: str, steps=None) -> Dict[s
         knobs["steps"] = checks.check_count(steps, "solver.steps")
     try:
         kn = resolve_knobs(spec, knobs)
-        checks.nested_sampler(spec, kn, f"solver.options.{name}")
+        checks.nested_sampler(spec, kn, f"solver.options.{name}.")
     except (InvalidValueError, UnknownNameError) as e:
-        msg = str(e)
-        head = f"sampler {name!r}: "
-        raise type(e)(f"solver.options.{name}.{msg[len(head):]}" if msg.startswith(head) else msg) from None
+        msg, head = str(e), f"sampler {name!r}: "
+        if msg.startswith(head):
+            msg = f"solver.options.{name}.{msg[len(head):]}"
+        elif not msg.startswith("solver."):
+            msg = f"solver.options.{name}: {msg}"
+        raise type(e)(msg) from None
     return kn
 
 
