@@ -8,8 +8,9 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from . import checks
 from ._measure import Measure
-from .errors import DTypeError, InvsolveError, ShapeError
+from .errors import DTypeError, InvalidValueError, InvsolveError, ShapeError
 from .operators.base import Operator
 from .priors import Prior, load_prior
 from .samplers.base import check_compatible, get_sampler, resolve_knobs
@@ -62,18 +63,23 @@ def _as_tensor(y, name: str = "y") -> torch.Tensor:
 
 
 def _default_device(device) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    return checks.check_device(device)
 
 
 def _seeds(seed: Union[int, Sequence[int]], batch: int, num_samples: int) -> List[int]:
     """Seed of item ``b``, sample ``s``: ``seed[b] + s`` (a list) or ``seed + b * num_samples + s`` (an int)."""
-    if isinstance(seed, (list, tuple)):
-        if len(seed) != batch:
-            raise ShapeError(f"seed is a list of {len(seed)} seeds but y has a batch of {batch}")
-        return [int(s) + k for s in seed for k in range(num_samples)]
-    return [int(seed) + i for i in range(batch * num_samples)]
+    return checks.seeds_for(checks.check_seeds(seed, batch), batch, num_samples)
+
+
+def _with_output_shape(operator: Operator, y: torch.Tensor) -> Operator:
+    """A black box without ``output_shape`` checks its outputs against ``y``'s item shape (a shallow copy; the
+    caller's operator is not modified), so a wrong output shape fails at the first evaluation with the items named."""
+    from .operators.blackbox import BlackBox
+
+    if isinstance(operator, BlackBox) and operator.output_shape is None and y.dim() > 1:
+        operator = copy.copy(operator)
+        operator.output_shape, operator.shape_from_y = tuple(y.shape[1:]), True
+    return operator
 
 
 @torch.no_grad()
@@ -100,7 +106,9 @@ def solve(y, operator: Operator, prior: Union[str, Prior, None] = None, sampler:
             ``None`` uses the operator's ``default_prior``. Ignored by classical samplers.
         sampler: ``dds`` (default), a baseline or a classical method; see :func:`invsolve.available_samplers`.
         steps: sampling steps (sampler default if ``None``).
-        seed: an int (item ``b``, sample ``s`` uses ``seed + b * num_samples + s``) or one seed per item.
+        seed: an int in [0, 2**63 - 1] (item ``b``, sample ``s`` uses ``seed + b * num_samples + s``) or one seed
+            per item (item ``b``, sample ``s`` uses ``seed[b] + s``: an item's result depends on its own seed only,
+            never on its batch-mates; ``invsolve reconstruct`` and the harness use this form).
         num_samples: posterior samples per item; ``Result.samples`` / ``Result.std`` hold them.
         device: ``"cpu"``, ``"cuda"``, ... (default: CUDA when available). Inputs are not modified.
         data_scale: for priors trained on scale-normalised data (``mri-brain``), ``"auto"`` rescales ``y`` so the
@@ -115,16 +123,28 @@ def solve(y, operator: Operator, prior: Union[str, Prior, None] = None, sampler:
     spec = get_sampler(sampler)
     if not isinstance(operator, Operator):
         raise DTypeError(f"operator must be an invsolve Operator, got {type(operator).__name__}")
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    num_samples = checks.check_count(num_samples, "num_samples")
+    if steps is not None:
+        steps = checks.check_count(steps, "steps")
     kn = resolve_knobs(spec, knobs, steps=steps)
+    checks.nested_sampler(spec, kn, f"sampler {sampler!r}: ")
+    seed = checks.check_seeds(seed, None)
     dev = _default_device(device)
+    if not (data_scale is None or data_scale == "auto" or (isinstance(data_scale, (int, float))
+                                                            and not isinstance(data_scale, bool)
+                                                            and np.isfinite(data_scale) and data_scale > 0)):
+        raise InvalidValueError(f"data_scale={data_scale!r} is not accepted; expected 'auto', a number > 0 or None")
 
     y = _as_tensor(y)
     if operator.output_shape is not None and y.dim() == len(operator.output_shape):
         y = y[None]
+    if y.dim() == 0 or y.shape[0] == 0:
+        raise ShapeError(f"y has shape {tuple(y.shape)}: a batch of 0 items; expected at least one measurement "
+                         f"(B, *operator.output_shape)")
     operator.check_measurement(y)
     B = y.shape[0]
+    seeds = _seeds(seed, B, num_samples)
+    operator = _with_output_shape(operator, y)
 
     pr = None
     if spec.needs_prior:
@@ -141,16 +161,11 @@ def solve(y, operator: Operator, prior: Union[str, Prior, None] = None, sampler:
     if pr is not None and operator.is_linear and (pr.card or {}).get("normalization") == "q99":
         if data_scale == "auto":
             scale = estimate_scale(op, y_dev)
-        elif isinstance(data_scale, (int, float)):
-            if data_scale <= 0:
-                raise ValueError(f"data_scale must be > 0, got {data_scale}")
-            scale = torch.full((y_dev.shape[0],), float(data_scale), device=dev)
         elif data_scale is not None:
-            raise ValueError(f"data_scale must be 'auto', a positive number or None, got {data_scale!r}")
+            scale = torch.full((y_dev.shape[0],), float(data_scale), device=dev)
     if scale is not None:
         y_dev = y_dev / scale.reshape((-1,) + (1,) * (y_dev.dim() - 1)).to(y_dev.dtype)
 
-    seeds = _seeds(seed, B, num_samples)
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     with Measure(dev) as m:
         out = spec.fn(pr, op, y_dev, generators=gens, progress=progress, **kn)

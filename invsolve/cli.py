@@ -31,15 +31,69 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--shard-index", type=int, default=None, help="which shard this process runs (0-based)")
     e.add_argument("--no-progress", action="store_true")
 
-    t = sub.add_parser("train-prior", parents=[common], help="train a diffusion prior from a recipe")
+    t = sub.add_parser("train-prior", parents=[common], help="train a diffusion prior from a recipe",
+                       description="Train (or resume) a prior into its own run directory (default "
+                                   "outputs/train/<name>; never the installed package). Installing a finished run as "
+                                   "an embedded prior is the separate step --export-embedded.")
     t.add_argument("recipe", help="recipe file, e.g. configs/train/mri-brain.yaml")
-    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=1000")
+    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=1000 output_dir=outputs/x")
     t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--export-embedded", action="store_true",
+                   help="do not train: install the run's finished export as embedded prior <name> (source checkouts "
+                        "only)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="with --export-embedded: replace an existing embedded prior (its weights are moved to "
+                        "outputs/replaced-priors/); otherwise: start the run over, removing what its output_dir holds")
 
-    li = sub.add_parser("list", parents=[common], help="list priors, samplers, tasks and operators")
+    li = sub.add_parser("list", parents=[common], help="list priors, samplers, tasks and operators",
+                        description="List what is available. --sampler NAME / --task NAME print every option with "
+                                    "its default, the values it accepts and its meaning; --verbose does so for all.")
     li.add_argument("what", nargs="?", default="all", choices=["all", "priors", "samplers", "tasks", "operators"])
     li.add_argument("--json", action="store_true", help="machine-readable output")
+    li.add_argument("--sampler", metavar="NAME",
+                    help="every option of sampler NAME (default, accepted values, meaning)")
+    li.add_argument("--task", metavar="NAME", help="every problem option of task NAME")
+    li.add_argument("-v", "--verbose", action="store_true", help="with samplers / tasks: every option of each")
     return p
+
+
+def _options_table(title: str, summary: str, options: dict, notes=()) -> str:
+    """A sampler's or task's options as aligned text: option, default, accepted values, meaning."""
+    rows = [("option", "default", "accepts", "meaning")]
+    rows += [(k, repr(v["default"]), v["accepts"], v["doc"]) for k, v in options.items()]
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = [f"{title}: {summary}"] + [f"  {n}" for n in notes]
+    lines += ["  " + f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]}".rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def _sampler_card(name: str):
+    from .samplers import get_sampler
+
+    spec = get_sampler(name)
+    needs = {"linear": "a linear operator with an adjoint", "differentiable": "a differentiable operator (autograd)",
+             "forward": "forward evaluations only (black boxes work)"}.get(spec.requires, spec.requires)
+    notes = [f"operator: {needs}; prior: {'a diffusion prior' if spec.needs_prior else 'none (classical)'}"
+             + ("; latent priors supported" if spec.latent_ok else "")]
+    return spec.summary, spec.describe(), notes
+
+
+def _task_card(name: str):
+    from .tasks import get_task
+
+    spec = get_task(name)
+    return spec.summary, {f"problem.{k}": v for k, v in spec.describe().items()}, []
+
+
+def _list_options(kind: str, names, as_json: bool) -> int:
+    card = _sampler_card if kind == "sampler" else _task_card
+    cards = {n: card(n) for n in names}
+    if as_json:
+        print(json.dumps({n: {"summary": c[0], "options": c[1], "notes": c[2]} for n, c in cards.items()}, indent=2,
+                         default=repr))
+        return 0
+    print("\n\n".join(_options_table(f"{kind} {n}", *c[:2], notes=c[2]) for n, c in cards.items()))
+    return 0
 
 
 def _list(what: str, as_json: bool) -> int:
@@ -79,6 +133,8 @@ def _run(args) -> int:
         from .reconstruct import main as rec_main
 
         rec = rec_main(args.config, args.overrides, overwrite=args.overwrite, progress=not args.no_progress)
+        if rec.get("note"):
+            print(f"note: {rec['note']}")
         print(f"wrote {rec['output_dir']}/ (reconstruction.npy, run.json"
               f"{', figure.png' if rec['config']['output']['figure'] else ''})")
         for name, m in rec["metrics"].items():
@@ -102,11 +158,26 @@ def _run(args) -> int:
         return eval_main(args.suite, args.overrides, shards=args.shards, shard_index=args.shard_index,
                          progress=not args.no_progress) or 0
     if args.command == "train-prior":
+        if not args.export_embedded:
+            print("[train-prior] reading the recipe and loading torch / diffusers ...", file=sys.stderr, flush=True)
         from .train import main as train_main
 
-        train_main(args.recipe, args.overrides, progress=not args.no_progress)
+        train_main(args.recipe, args.overrides, progress=not args.no_progress, overwrite=args.overwrite,
+                   export_embedded=args.export_embedded)
         return 0
     if args.command == "list":
+        if args.sampler or args.task:
+            if args.sampler:
+                _list_options("sampler", [args.sampler], args.json)
+            if args.task:
+                _list_options("task", [args.task], args.json)
+            return 0
+        if args.verbose and args.what in ("samplers", "tasks"):
+            from .samplers import available_samplers
+            from .tasks import available_tasks
+
+            names = available_samplers() if args.what == "samplers" else available_tasks()
+            return _list_options(args.what[:-1], list(names), args.json)
         return _list(args.what, args.json)
     _parser().print_help()
     return 2

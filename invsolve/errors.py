@@ -37,6 +37,18 @@ class InputFileError(InvsolveError, FileNotFoundError):
     """An input file is missing or cannot be read."""
 
 
+class ConfigError(InvsolveError, ValueError):
+    """A config file is malformed or incomplete (empty, not a mapping, a required key missing)."""
+
+
+class OutputError(InvsolveError, OSError):
+    """An output location cannot be used: not writable, already holding other results, or inside the package."""
+
+
+class DeviceError(InvalidValueError):
+    """A device that is not a torch device, or one this machine does not have."""
+
+
 def missing_extra(package: str, extra: str, feature: str) -> MissingDependencyError:
     return MissingDependencyError(
         f"{feature} needs the optional package '{package}'. "

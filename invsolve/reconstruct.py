@@ -1,8 +1,16 @@
 """``invsolve reconstruct CONFIG [key=value ...]``: one reconstruction job from a YAML config.
 
-Writes into ``output.dir`` (refusing to touch an existing non-empty directory unless ``output.overwrite``):
-``reconstruction.npy`` (operator domain; complex for MRI), one ``<baseline>.npy`` per baseline, ``std.npy``
-when ``solver.num_samples > 1``, ``figure.png`` and ``run.json`` (config, metrics, cost, seeds, meta).
+Writes into ``output.dir``: ``reconstruction.npy`` (operator domain; complex for MRI), one ``<baseline>.npy`` per
+baseline, ``std.npy`` when ``solver.num_samples > 1``, ``figure.png`` and ``run.json`` (config, metrics, cost,
+seeds, meta). An existing non-empty ``output.dir`` is never touched: the run goes to the first free
+``<dir>-2``, ``<dir>-3``, ... (and says so) unless ``output.overwrite`` (``--overwrite``) replaces it.
+
+Every check that needs no computation runs first (:func:`preflight`): config completeness, unknown keys, every
+problem option and sampler option against its declaration, seeds, device, the output directory's writability;
+then the problem is built and every method is checked against its operator, and only then does anything run.
+Every image is solved with its own generator seeded by ``solver.seed`` (sample ``s``: ``seed + s``), exactly like a
+benchmark item, so an image's result never depends on which other images are selected with it (the slices of one
+volume, a ``joint`` problem, get ``seed + slice index``).
 """
 from __future__ import annotations
 
@@ -15,66 +23,156 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from . import checks
 from ._json import json_safe
-from .config import check_keys
-from .errors import InputFileError, InvsolveError
+from .config import check_keys, load_mapping, parse_overrides, require_mapping
+from .errors import ConfigError, InvalidValueError, UnknownNameError
 
 DEFAULTS: Dict[str, Any] = {
-    "problem": {"task": "mri"},
+    "problem": {},
     "solver": {"prior": None, "sampler": "dds", "steps": None, "seed": 0, "num_samples": 1, "device": None,
                "data_scale": "auto", "options": {}},
     "baselines": None,
-    "output": {"dir": "outputs/${problem.task}_${solver.sampler}", "overwrite": False, "figure": True},
+    "output": {"dir": None, "overwrite": False, "figure": True},
 }
+SECTIONS = "sections problem (with problem.task), solver, baselines, output"
 
 
 def load_config(path, overrides: Sequence[str] = ()):
-    p = Path(path)
-    if not p.exists():
-        raise InputFileError(f"config {str(path)!r} not found")
+    """The config file merged over :data:`DEFAULTS` and ``key=value`` overrides; malformed or incomplete configs
+    (empty file, top-level list, unknown keys, sections that are not mappings, no ``problem.task``) raise."""
+    from .tasks import available_tasks
+
     base = OmegaConf.create(DEFAULTS)
-    user = OmegaConf.load(p)
+    user = load_mapping(path, "config", SECTIONS)
     check_keys(user, base, allow_free=("problem",))  # problem.* is validated by the task, options by the sampler
+    for key in ("problem", "solver", "output"):
+        require_mapping(user, key)
     cfg = OmegaConf.merge(base, user)
     if overrides:
-        bad = [o for o in overrides if "=" not in o]
-        if bad:
-            raise InvsolveError(f"overrides must look like key=value, got {bad}")
-        ov = OmegaConf.from_dotlist(list(overrides))
+        ov = parse_overrides(overrides)
         # solver.options.<sampler>.<knob> may add knobs the file does not set; the sampler validates them
         check_keys(ov, cfg, allow_free=("problem", "solver.options"))
+        for key in ("problem", "solver", "output"):
+            require_mapping(ov, key)
         cfg = OmegaConf.merge(cfg, ov)
+    if cfg.problem.get("task") is None:
+        raise ConfigError(f"problem.task is missing in {str(path)!r}; expected one of: "
+                          f"{', '.join(available_tasks())} (e.g. problem.task=mri)")
     return cfg
 
 
-def _check_output(out: Path, overwrite: bool):
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise InvsolveError(f"output directory {str(out)!r} exists and is not empty; choose another output.dir "
-                            f"or pass output.overwrite=true (or --overwrite)")
+def _fresh_dir(out: Path) -> Path:
+    """``out`` if it is absent or empty, else the first of ``out-2``, ``out-3``, ... that is."""
+    k, cand = 1, out
+    while cand.exists() and (not cand.is_dir() or any(cand.iterdir())):
+        k += 1
+        cand = out.with_name(f"{out.name}-{k}")
+    return cand
+
+
+def _sampler_knobs(all_options: Dict[str, Any], name: str, steps=None) -> Dict[str, Any]:
+    """Resolved options of method ``name`` from ``solver.options.<name>`` (errors name the config key)."""
+    from .samplers import get_sampler
+    from .samplers.base import resolve_knobs
+
+    spec = get_sampler(name)
+    knobs = _sampler_options(all_options, name)
+    if steps is not None and "steps" in spec.defaults:
+        knobs["steps"] = checks.check_count(steps, "solver.steps")
+    try:
+        kn = resolve_knobs(spec, knobs)
+        checks.nested_sampler(spec, kn, f"solver.options.{name}.")
+    except (InvalidValueError, UnknownNameError) as e:
+        msg, head = str(e), f"sampler {name!r}: "
+        if msg.startswith(head):
+            msg = f"solver.options.{name}.{msg[len(head):]}"
+        elif not msg.startswith("solver."):
+            msg = f"solver.options.{name}: {msg}"
+        raise type(e)(msg) from None
+    return kn
+
+
+def preflight(cfg) -> Dict[str, Any]:
+    """Every check that needs no computation; returns the validated pieces (problem options, knobs, seed,
+    device, output directory). Nothing is built, loaded or written."""
+    from .priors import available_priors
+    from .samplers import get_sampler
+    from .tasks import check_options
+
+    sv = cfg.solver
+    if not isinstance(sv.options, DictConfig):
+        raise ConfigError("solver.options must map sampler names to option sections, e.g. solver.options.dds.gamma=10")
+    all_options = OmegaConf.to_container(sv.options, resolve=True) or {}
+    spec = get_sampler(sv.sampler)
+    knobs = _sampler_knobs(all_options, sv.sampler, sv.steps)  # solver.steps is ignored by samplers without steps
+    baselines = cfg.baselines
+    if isinstance(baselines, ListConfig):
+        baselines = OmegaConf.to_container(baselines, resolve=True)
+    if baselines is not None and (not isinstance(baselines, list) or not all(isinstance(b, str) for b in baselines)):
+        raise InvalidValueError(f"baselines={baselines!r} is not accepted; expected a list of method names, e.g. "
+                                f"baselines=[adjoint,cg], [] for none, or null for the task's defaults")
+    # every options section is validated now, also those of the task's default baselines (known once it is built)
+    base_knobs = {b: _sampler_knobs(all_options, b) for b in sorted(set(baselines or []) | set(all_options))}
+    prior = sv.prior
+    if spec.needs_prior and prior is not None:
+        if not isinstance(prior, str):
+            raise InvalidValueError(f"solver.prior={prior!r} is not accepted; expected an embedded prior name, a "
+                                    f"directory or a hub id")
+        if prior not in available_priors() and not Path(prior).expanduser().exists() and "/" not in prior:
+            raise UnknownNameError(f"solver.prior={prior!r} is not an embedded prior ({', '.join(available_priors())}),"
+                                   f" an existing directory or a hub id ('org/name')")
+    for key in ("overwrite", "figure"):
+        if not isinstance(cfg.output[key], bool):
+            raise InvalidValueError(f"output.{key}={cfg.output[key]!r} is not accepted; expected true or false")
+    ds = sv.data_scale
+    if not (ds is None or ds == "auto" or (isinstance(ds, (int, float)) and not isinstance(ds, bool)
+                                           and np.isfinite(ds) and ds > 0)):
+        raise InvalidValueError(f"solver.data_scale={ds!r} is not accepted; expected 'auto', a number > 0 or null")
+    problem = check_options(OmegaConf.to_container(cfg.problem, resolve=True))
+    out = Path(cfg.output.dir or f"outputs/{cfg.problem.task}_{sv.sampler}")
+    checks.writable_dir(out, "output.dir")
+    return {
+        "problem": {"task": cfg.problem.task, **problem}, "knobs": knobs, "baselines": baselines,
+        "baseline_knobs": base_knobs, "seed": checks.check_seed(sv.seed, "solver.seed"),
+        "num_samples": checks.check_count(sv.num_samples, "solver.num_samples"),
+        "device": checks.check_device(sv.device, "solver.device"), "requested_dir": out,
+        "output_dir": out if cfg.output.overwrite else _fresh_dir(out),
+    }
+
+
+def check_methods(problem, pre: Dict[str, Any], sampler: str) -> None:
+    """Each method applies to the built problem's operator (e.g. ``fbp`` only to CT), before anything runs."""
+    why = checks.method_problem(sampler, problem.operator, pre["knobs"])
+    if why:
+        raise InvalidValueError(f"solver.sampler={sampler!r} cannot run on this problem: {why}")
+    for b in (problem.default_baselines if pre["baselines"] is None else pre["baselines"]):
+        why = checks.method_problem(b, problem.operator, pre["baseline_knobs"].get(b))
+        if why:
+            raise InvalidValueError(f"baselines: {b!r} cannot run on this problem: {why}")
 
 
 def run(cfg, progress: bool = True) -> Dict[str, Any]:
     """Run a reconstruction config; returns the run record (also written to ``run.json``)."""
     from .api import solve
     from .eval.metrics import psnr, relative_l2, ssim
-    from .samplers import get_sampler
     from .tasks import build_problem
 
-    out = Path(cfg.output.dir)
-    _check_output(out, bool(cfg.output.overwrite))
-    problem = build_problem(OmegaConf.to_container(cfg.problem, resolve=True))
+    pre = preflight(cfg)
+    out = pre["output_dir"]
+    problem = build_problem(pre["problem"])
     sv = cfg.solver
-    all_options = OmegaConf.to_container(sv.options, resolve=True) or {}
-    options = _sampler_options(all_options, sv.sampler)
-    steps = sv.steps if "steps" in get_sampler(sv.sampler).defaults else None
-    res = solve(problem.y, problem.operator, prior=sv.prior, sampler=sv.sampler, steps=steps, seed=sv.seed,
-                num_samples=int(sv.num_samples), device=sv.device, data_scale=sv.data_scale, progress=progress,
-                **options)
-    baselines = problem.default_baselines if cfg.baselines is None else list(cfg.baselines)
-    base_res = {b: solve(problem.y, problem.operator, sampler=b, device=sv.device,
-                         **_sampler_options(all_options, b)) for b in baselines}
+    check_methods(problem, pre, sv.sampler)
+    B = problem.y.shape[0]
+    seed = pre["seed"] if problem.joint else [pre["seed"]] * B  # a volume's slices: seed + slice index
+    res = solve(problem.y, problem.operator, prior=sv.prior, sampler=sv.sampler, seed=seed,
+                num_samples=pre["num_samples"], device=pre["device"], data_scale=sv.data_scale, progress=progress,
+                **pre["knobs"])
+    baselines = problem.default_baselines if pre["baselines"] is None else pre["baselines"]
+    base_res = {b: solve(problem.y, problem.operator, sampler=b, device=pre["device"],
+                         **pre["baseline_knobs"].get(b, {})) for b in baselines}
 
     metrics: Dict[str, Any] = {}
     signed = _signed_field(problem)
@@ -93,8 +191,14 @@ def run(cfg, progress: bool = True) -> Dict[str, Any]:
         "config": OmegaConf.to_container(cfg, resolve=True), "names": problem.names, "metrics": metrics,
         "cost": {"nfe": res.nfe, "seconds": res.seconds, "peak_memory_bytes": res.peak_memory},
         "solve_config": res.config, "problem_meta": json_safe(problem.meta),
-        "baseline_cost": {b: {"seconds": r.seconds} for b, r in base_res.items()},
+        "seeds": {"rule": "slice b of the volume: solver.seed + b (sample s: + s)" if problem.joint else
+                  "every image: solver.seed (sample s: solver.seed + s), independent of the selection",
+                  "per_image": dict(zip(problem.names, res.config["seeds"][::pre["num_samples"]]))},
+        "baseline_cost": {b: {"seconds": r.seconds} for b, r in base_res.items()}, "output_dir": str(out),
     }
+    if out != pre["requested_dir"]:
+        record["note"] = (f"{pre['requested_dir']} exists and is not empty; wrote {out} instead (--overwrite "
+                          f"replaces it)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -112,12 +216,11 @@ def run(cfg, progress: bool = True) -> Dict[str, Any]:
             _figure(tmp / "figure.png", problem, res, base_res, metrics, sv.sampler, signed)
         (tmp / "run.json").write_text(json.dumps(record, indent=2))
         if out.exists():
-            shutil.rmtree(out)  # only reached with overwrite=true (checked above)
+            shutil.rmtree(out)  # only reached with overwrite=true (else out is a fresh name)
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    record["output_dir"] = str(out)
     return record
 
 
@@ -128,9 +231,13 @@ def _sampler_options(options: Dict[str, Any], sampler: str) -> Dict[str, Any]:
     names = available_samplers()
     bad = [k for k in options if k not in names]
     if bad:
-        raise InvsolveError(f"solver.options must map sampler names to option dicts (e.g. solver.options.dds.gamma=10);"
-                            f" {bad} are not sampler names")
-    return dict(options.get(sampler) or {})
+        raise UnknownNameError(f"solver.options.{bad[0]}: {bad[0]!r} is not a sampler; solver.options maps sampler "
+                               f"names ({', '.join(names)}) to their options, e.g. solver.options.dds.gamma=10")
+    v = options.get(sampler) or {}
+    if not isinstance(v, dict):
+        raise ConfigError(f"solver.options.{sampler}={v!r} is not accepted; expected a section of {sampler}'s "
+                          f"options (see invsolve list --sampler {sampler})")
+    return dict(v)
 
 
 def _signed_field(problem) -> bool:

@@ -4,6 +4,10 @@ DDPM noise-prediction training (``DDPMScheduler``), AdamW with warm-up and cosin
 (``diffusers.training_utils.EMAModel``), bf16 autocast on CUDA, resumable checkpoints, a tqdm progress bar, and
 at the end an export in the ``save_pretrained`` (safetensors) layout with ``invsolve_prior.json``, a sample grid
 and a model card that records data, resolution, steps, wall time, hardware and held-out figures.
+
+A run writes only into its own directory (default ``outputs/train/<name>``, see :mod:`invsolve.train_output`);
+installing the result as an embedded prior is the separate step ``invsolve train-prior RECIPE --export-embedded``.
+Every stage says what it does when it starts (data, model, training bar, sample grid bar, held-out evaluation).
 """
 from __future__ import annotations
 
@@ -21,11 +25,10 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from .data.base import build_train_source
-from .errors import InputFileError
 
 DEFAULTS = {
     "name": "prior",
-    "output_dir": "runs/${name}",
+    "output_dir": None,  # None: outputs/train/<name>
     "data": {"kind": "???", "image_size": 64},
     "model": {},
     "scheduler": {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02,
@@ -42,21 +45,25 @@ DEFAULTS = {
 
 def load_recipe(path, overrides: Sequence[str] = ()):
     """Recipe YAML merged over :data:`DEFAULTS` and ``key=value`` overrides (unknown keys are errors)."""
-    p = Path(path)
-    if not p.exists():
-        raise InputFileError(f"recipe {path!r} not found")
+    from .config import check_keys, load_mapping, parse_overrides  # shared unknown-key check
+
     base = OmegaConf.create(DEFAULTS)
     OmegaConf.set_struct(base, False)
-    user = OmegaConf.load(p)
-    from .config import check_keys  # shared unknown-key check
-
+    user = load_mapping(path, "recipe", "sections name, data, model, train, prior, export")
     check_keys(user, base, allow_free=("data", "model", "prior", "vae"))
     cfg = OmegaConf.merge(base, user)
     if overrides:
-        ov = OmegaConf.from_dotlist(list(overrides))
+        ov = parse_overrides(overrides)
         check_keys(ov, cfg, allow_free=("data", "model", "prior", "vae"))
         cfg = OmegaConf.merge(cfg, ov)
     return cfg
+
+
+def _stage(msg: str) -> None:
+    """One line on stderr when a stage starts (so a run shows progress from its first second)."""
+    import sys
+
+    print(f"[train-prior] {msg}", file=sys.stderr, flush=True)
 
 
 def _lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -229,25 +236,38 @@ def train_autoencoder(cfg, src, device, out: Path, progress: bool = True) -> dic
             "latent_size": lat.shape[-1], "steps": step, "minutes": round(elapsed / 60, 2)}
 
 
-def train(cfg, progress: bool = True) -> Path:
+def train(cfg, progress: bool = True, overwrite: bool = False) -> Path:
     """Run (or resume) training for a recipe; returns the export directory.
 
     A recipe with a ``vae:`` section trains a latent prior in two stages (autoencoder, then latent UNet).
+    Every check that needs no computation runs first (:func:`invsolve.train_output.check_recipe`, the run
+    directory: never inside the package, resumed only for the same recipe, replaced only with ``overwrite``).
     """
+    from .train_output import check_recipe, check_run_dir
+
+    check_recipe(cfg)
+    out, state = check_run_dir(cfg, overwrite)
     from diffusers import DDPMScheduler, UNet2DModel
 
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(int(tc.threads))
     device = _device(tc)
-    out = Path(cfg.output_dir)
+    if state == "restart":
+        _stage(f"--overwrite: removing the previous contents of {out}")
+        shutil.rmtree(out)
+    _stage(f"{'resuming' if state == 'resume' else 'starting'} run {cfg.name!r} in {out} on {device}")
     out.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, out / "recipe.yaml")
     torch.manual_seed(tc.seed)
+    t0 = time.time()
+    _stage(f"building the training data (data.kind={cfg.data.kind}) ...")
     src = build_train_source(**OmegaConf.to_container(cfg.data, resolve=True), device=device)
+    _stage(f"training data ready in {time.time() - t0:.1f} s: {src.description}")
     batch_fn = lambda g: src.sample(tc.batch_size, g, device)  # noqa: E731
     vae_info = None
     if cfg.get("vae") is not None:
+        _stage("stage 1 of 2: training the autoencoder")
         vae_info = train_autoencoder(cfg, src, device, out, progress)
         enc = vae_info["encode"]
         batch_fn = lambda g: enc(src.sample(tc.batch_size, g, device), g)  # noqa: E731
@@ -263,21 +283,26 @@ def train(cfg, progress: bool = True) -> Path:
         unet.load_state_dict(UNet2DModel.from_pretrained(tc.init_from, torch_dtype=torch.float32).state_dict())
     unet = unet.to(memory_format=torch.channels_last)
     sched = DDPMScheduler(**OmegaConf.to_container(cfg.scheduler, resolve=True))
+    _stage(f"training the UNet ({sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M parameters, "
+           f"{tc.steps} steps at batch {tc.batch_size})")
     ema, step, elapsed = _fit(unet, _diffusion_loss(unet, sched, batch_fn), tc, out / "checkpoint.pt", cfg.name,
                               device, progress)
-    return export(cfg, unet, ema, sched, src, step, elapsed, device, vae_info)
+    return export(cfg, unet, ema, sched, src, step, elapsed, device, vae_info, progress=progress)
 
 
-def export(cfg, unet, ema, sched, src, step: int, elapsed: float, device, vae_info: Optional[dict] = None) -> Path:
+def export(cfg, unet, ema, sched, src, step: int, elapsed: float, device, vae_info: Optional[dict] = None,
+           progress: bool = True) -> Path:
     """Write EMA weights (safetensors), scheduler config, metadata, sample grid and model card."""
     from diffusers import UNet2DModel
 
     from .plotting import displayable, save_grid
     from .priors.diffusers_prior import DiffusersPrior
     from .samplers.unconditional import sample_ddim
+    from .train_output import export_dir
 
     ec = cfg.export
-    dest = Path(ec.dir) if ec.dir else Path(cfg.output_dir) / "prior"
+    dest = export_dir(cfg)
+    _stage(f"exporting to {dest}")
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -304,7 +329,13 @@ def export(cfg, unet, ema, sched, src, step: int, elapsed: float, device, vae_in
         prior = DiffusersPrior(ema_unet, dict(sched.config), is_complex=pc["is_complex"],
                                data_range=tuple(pc["data_range"]), name=cfg.name).to(device)
 
-    samples = sample_ddim(prior, int(ec.n_samples), steps=int(ec.sample_steps), seed=0, device=device)
+    # the sample grid of a run trained fewer than sample_steps steps (a trial run) shows noise at any step
+    # count, so it uses as many DDIM steps as training steps (at least 10)
+    grid_steps = min(int(ec.sample_steps), max(int(step), 10))
+    note = "" if grid_steps == int(ec.sample_steps) else f" (trial run of {step} steps: export.sample_steps=" \
+                                                           f"{ec.sample_steps} applies from {ec.sample_steps} steps on)"
+    _stage(f"sample grid: {ec.n_samples} unconditional samples, {grid_steps} DDIM steps{note}")
+    samples = sample_ddim(prior, int(ec.n_samples), steps=grid_steps, seed=0, device=device, progress=progress)
     with torch.no_grad():
         if vae_info:  # decoded images, mapped to [0, 1]
             lo, hi = prior.data_range
@@ -313,8 +344,10 @@ def export(cfg, unet, ema, sched, src, step: int, elapsed: float, device, vae_in
             shown = samples if pc["is_complex"] else (samples + 1) / 2
     save_grid(displayable(shown, pc["is_complex"]),
               tmp / "samples.png", ncols=8, cmap=pc["display_cmap"],
-              suptitle=f"{cfg.name}: {ec.n_samples} unconditional DDIM samples ({ec.sample_steps} steps, "
+              suptitle=f"{cfg.name}: {ec.n_samples} unconditional DDIM samples ({grid_steps} steps, "
                        f"unclipped), step {step}")
+    if ec.heldout_eval and src.heldout is not None:
+        _stage("held-out evaluation (Tweedie denoising at t = 50, 200, 500)")
     heldout = _heldout_eval(prior, src, device, vae_info) if ec.heldout_eval else {}
     if vae_info and src.heldout is not None:
         autoencoder_figure(prior, (src.heldout() + 1) / 2, tmp / "reconstructions.png")
@@ -458,9 +491,16 @@ def _model_card(cfg, meta) -> str:
     return "\n".join(lines)
 
 
-def main(recipe: str, overrides: Optional[Sequence[str]] = None, progress: bool = True) -> Path:
+def main(recipe: str, overrides: Optional[Sequence[str]] = None, progress: bool = True, overwrite: bool = False,
+         export_embedded: bool = False) -> Path:
+    """``invsolve train-prior``: train (or resume) the recipe's run; with ``export_embedded``, instead install the
+    run's finished export as the embedded prior ``name`` (:func:`invsolve.train_output.install_embedded`)."""
     cfg = load_recipe(recipe, overrides or ())
-    return train(cfg, progress=progress)
+    if export_embedded:
+        from .train_output import install_embedded
+
+        return install_embedded(cfg, overwrite=overwrite)
+    return train(cfg, progress=progress, overwrite=overwrite)
 
 
 def export_from_checkpoint(recipe: str, overrides: Sequence[str] = ()) -> Path:
@@ -476,7 +516,9 @@ def export_from_checkpoint(recipe: str, overrides: Sequence[str] = ()) -> Path:
     model_kw.setdefault("in_channels", src.channels)
     model_kw.setdefault("out_channels", src.channels)
     unet = UNet2DModel(**model_kw).to(device)
-    st = torch.load(Path(cfg.output_dir) / "checkpoint.pt", map_location=device, weights_only=False)
+    from .train_output import run_dir
+
+    st = torch.load(run_dir(cfg) / "checkpoint.pt", map_location=device, weights_only=False)
     unet.load_state_dict(st["model"])
     ema = EMAModel(unet.parameters(), decay=cfg.train.ema_decay)
     ema.load_state_dict(st["ema"])

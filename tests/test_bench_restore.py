@@ -72,7 +72,9 @@ def test_stage2_recipe_continues_the_stage1_architecture():
     root = BENCH.parent / "configs" / "train"
     s1, s2 = load_recipe(root / "ns-vorticity.yaml"), load_recipe(root / "ns-vorticity-stage2.yaml")
     assert s2.model == s1.model and s2.prior == s1.prior and s2.name == s1.name
-    assert s2.train.init_from == s1.export.dir == s2.export.dir
+    from invsolve.train_output import export_dir, run_dir
+
+    assert s2.train.init_from == str(export_dir(s1)) and run_dir(s2) != run_dir(s1)
 
 
 def test_no_prior_data_fit_reduces_the_misfit(bench):

@@ -17,7 +17,7 @@ def run_cli(*args):
                           env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "MPLBACKEND": "Agg"})
 
 
-def test_reconstruct_writes_outputs_and_refuses_to_overwrite(tmp_path, capsys):
+def test_reconstruct_writes_outputs_and_never_overwrites_unless_asked(tmp_path, capsys):
     out = tmp_path / "run1"
     args = ["reconstruct", CFG, "solver.steps=3", "problem.index=[0]", f"output.dir={out}", "--no-progress"]
     assert main(args) == 0
@@ -29,10 +29,12 @@ def test_reconstruct_writes_outputs_and_refuses_to_overwrite(tmp_path, capsys):
     assert rec["solve_config"]["seeds"] == [0] and (out / "figure.png").stat().st_size > 1000
     assert (out / "cg.npy").exists() and (out / "mask.npy").exists()
     before = (out / "run.json").read_text()
-    assert main(args) == 1  # refuses: directory exists
-    assert "exists and is not empty" in capsys.readouterr().err
+    assert main(args) == 0  # the directory exists: the run goes to a fresh one and says so
+    assert f"wrote {out}-2 instead" in capsys.readouterr().out
     assert (out / "run.json").read_text() == before  # nothing lost
+    assert json.loads((tmp_path / "run1-2" / "run.json").read_text())["output_dir"] == str(out) + "-2"
     assert main(args + ["--overwrite"]) == 0
+    assert not (tmp_path / "run1-3").exists() and (out / "run.json").read_text() != before
 
 
 def test_unknown_config_key_exits_nonzero_without_traceback(tmp_path):

@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..errors import DTypeError, ShapeError
+from ..errors import DTypeError, InvalidValueError, ShapeError
 
 Shape = Tuple[int, ...]
 
@@ -79,8 +79,10 @@ class Operator(nn.Module):
 
     def check_measurement(self, y: torch.Tensor, name: str = "y") -> torch.Tensor:
         check_tensor(y, name, self.output_shape, self._y_complex)
-        if not torch.isfinite(torch.view_as_real(y) if y.is_complex() else y).all():
-            raise ValueError(f"{name} contains NaN or Inf values; clean the measurement before solving")
+        finite = torch.isfinite(torch.view_as_real(y) if y.is_complex() else y)
+        if not finite.all():
+            raise InvalidValueError(f"{name} contains NaN or Inf values ({int((~finite).sum())} of {finite.numel()} "
+                                    f"entries); expected finite measurements: clean {name} before solving")
         return y
 
     def batch_size(self) -> Optional[int]:

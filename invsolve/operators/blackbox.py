@@ -119,6 +119,8 @@ class BlackBox(Operator):
     """
 
     is_linear = False
+    # set by solve() on its copy of a black box without output_shape: outputs must have y's item shape
+    shape_from_y = False
 
     def __init__(
         self,
@@ -180,6 +182,12 @@ class BlackBox(Operator):
         lead = () if n is None else (n,)
         want = lead + (tuple(t.shape[len(lead) :]) if item_shape is None else tuple(item_shape))
         if not _shape_ok(tuple(t.shape), want):
+            if self.shape_from_y:
+                name = getattr(self.fn, "__name__", type(self.fn).__name__)
+                raise BlackBoxError(f"black-box forward model {name!r} returns items of shape "
+                                    f"{tuple(t.shape[len(lead):])} but the measurement y has items of shape "
+                                    f"{_fmt_shape(item_shape)}; fn's output must match y (BlackBox(output_shape=...) "
+                                    f"states it)")
             return None, f"output has shape {tuple(t.shape)}, expected {_fmt_shape(want)}"
         return t, None
 

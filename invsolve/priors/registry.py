@@ -12,7 +12,7 @@ from typing import Callable, Dict, Optional, Union
 
 import torch
 
-from ..errors import UnknownNameError
+from ..errors import InputFileError, InvsolveError, UnknownNameError
 from .base import Prior
 from .checkpoint import as_dtype
 from .diffusers_prior import META_FILE, load_diffusers_prior
@@ -88,5 +88,12 @@ def load_prior(name_or_path: Union[str, Path, Prior], *, device: Optional[Union[
     if kind not in LOADERS:
         raise UnknownNameError(f"prior at {path} has kind {kind!r}; known kinds: {sorted(LOADERS)}")
     src_arg = str(path) if path.exists() else src
-    return LOADERS[kind](src_arg, device=device, dtype=dtype, **overrides)
+    try:
+        return LOADERS[kind](src_arg, device=device, dtype=dtype, **overrides)
+    except InvsolveError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError) as e:  # corrupt or truncated files, wrong layouts
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InputFileError(f"prior {src!r}: cannot load its weights from {src_arg!r} ({type(e).__name__}: "
+                             f"{detail}); re-export or re-download the prior") from e
 

@@ -27,7 +27,9 @@ class Knob:
 
     Attributes:
         kind: ``"int"``, ``"float"``, ``"bool"``, ``"choice"`` (one of ``choices``), ``"mapping"`` (a dict or
-            ``None``) or ``"any"`` (validated by the sampler itself).
+            ``None``), ``"str"`` (a string: a path, a function reference), ``"ints"`` (an integer or a non-empty
+            list of integers, each in the bounds; a list of exactly ``length`` when given) or ``"any"`` (validated
+            by the sampler itself).
         low, high: inclusive bounds (``None``: unbounded); ``low_open`` / ``high_open`` make them exclusive.
         choices: accepted values of a ``"choice"`` knob; for ``"float"`` knobs, strings also accepted (e.g. ``"auto"``).
         optional: ``None`` is accepted too (meaning "off" or "derive it").
@@ -46,6 +48,7 @@ class Knob:
     doc: str = ""
     inf_ok: bool = False
     callable_ok: bool = False
+    length: Optional[int] = None
 
     def describe(self) -> str:
         """Accepted values in words, e.g. ``"a number in [0, 1]"``, ``"None or an integer >= 1"``."""
@@ -57,6 +60,12 @@ class Knob:
             txt = "a mapping of options"
         elif self.kind == "any":
             txt = "any value the sampler documents"
+        elif self.kind == "str":
+            txt = "a string"
+        elif self.kind == "ints":
+            each = _range_text(self)
+            txt = (f"a list of {self.length} integers" if self.length else "an integer or a list of integers") + (
+                f", each{each}" if each else "")
         else:
             noun = "an integer" if self.kind == "int" else "a number"
             txt = noun + _range_text(self) + (" (inf: unbounded)" if self.inf_ok else "")
@@ -81,6 +90,12 @@ class Knob:
             if isinstance(value, dict):
                 return value
             raise InvalidValueError(f"{where}={value!r} is not accepted; expected {self.describe()}")
+        if self.kind == "str":
+            if isinstance(value, str) and value:
+                return value
+            raise InvalidValueError(f"{where}={value!r} is not accepted; expected {self.describe()}")
+        if self.kind == "ints":
+            return self._check_ints(value, where)
         if self.kind == "choice":
             if any(value == c and type(value) is type(c) for c in self.choices):
                 return value
@@ -104,6 +119,18 @@ class Knob:
         if not _in_range(self, value):
             raise InvalidValueError(f"{where}={given!r} is out of range; expected {self.describe()}")
         return value
+
+
+    def _check_ints(self, value: Any, where: str):
+        scalar = not isinstance(value, (list, tuple))
+        items = [value] if scalar else list(value)
+        ok = (not scalar or self.length is None) and len(items) > 0 and (self.length is None
+                                                                       or len(items) == self.length)
+        if ok and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in items):
+            if all(_in_range(self, int(v)) for v in items):
+                return int(value) if scalar else [int(v) for v in items]
+            raise InvalidValueError(f"{where}={value!r} is out of range; expected {self.describe()}")
+        raise InvalidValueError(f"{where}={value!r} is not accepted; expected {self.describe()}")
 
 
 def _in_range(k: Knob, v: float) -> bool:
@@ -145,6 +172,17 @@ def Float(low: Optional[float] = None, high: Optional[float] = None, *, low_open
 def Choice(*choices: Any, optional: bool = False, callable_ok: bool = False, doc: str = "") -> Knob:
     """One of ``choices`` (compared by value and type); ``callable_ok``: or a callable."""
     return Knob("choice", choices=tuple(choices), optional=optional, doc=doc, callable_ok=callable_ok)
+
+
+def Str(*, optional: bool = False, doc: str = "") -> Knob:
+    """A non-empty string (a path, a ``module:function`` reference)."""
+    return Knob("str", optional=optional, doc=doc)
+
+
+def Ints(low: Optional[int] = None, high: Optional[int] = None, *, length: Optional[int] = None,
+         optional: bool = False, doc: str = "") -> Knob:
+    """An integer or a non-empty list of integers in ``[low, high]``; ``length``: a list of exactly that many."""
+    return Knob("ints", low, high, optional=optional, doc=doc, length=length)
 
 
 def Bool(doc: str = "") -> Knob:

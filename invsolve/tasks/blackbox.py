@@ -20,10 +20,11 @@ import importlib
 import importlib.util
 from pathlib import Path
 
-from ..errors import InputFileError, InvsolveError
+from ..errors import InputFileError, InvalidValueError, InvsolveError
 from ..operators.blackbox import BlackBox
 from ..operators.phase_retrieval import PhaseRetrieval, SaturatingBlur, as_black_box
-from .imaging import SOURCE, load_images, make_problem
+from ..samplers.knobs import Bool, Choice, Float, Int, Ints, Str
+from .imaging import NOISE_KNOB, SOURCE, SOURCE_KNOBS, load_images, make_problem
 from .registry import register_task
 
 PR_DEFAULTS = dict(SOURCE, oversample=2.0, noise_sigma=0.0, black_box=True, workers=None, executor="none")
@@ -31,6 +32,21 @@ NLB_DEFAULTS = dict(SOURCE, gain=2.0, kernel_size=9, kernel_sigma=2.0, padding="
                     black_box=True, workers=None, executor="none")
 BB_DEFAULTS = dict(SOURCE, function=None, batched=True, output_shape=None, noise_sigma=0.0, executor="none",
                    workers=None, chunk_size=None)
+_RUN_KNOBS = dict(black_box=Bool("wrap the torch model as a numpy BlackBox (false: differentiable, for dps)"),
+                  workers=Int(1, optional=True, doc="executor workers (None: the executor's default)"),
+                  executor=Choice("none", "threads", "processes", doc="where the forward model runs"))
+PR_KNOBS = dict(SOURCE_KNOBS, oversample=Float(0, doc="zero-padding factor of the Fourier transform"),
+                noise_sigma=NOISE_KNOB, **_RUN_KNOBS)
+NLB_KNOBS = dict(SOURCE_KNOBS, gain=Float(0, low_open=True, doc="saturation gain of tanh(gain (k * x)) / tanh(gain)"),
+                 kernel_size=Int(1, doc="Gaussian kernel size"),
+                 kernel_sigma=Float(0, low_open=True, doc="Gaussian kernel std (pixels)"),
+                 padding=Choice("circular", "reflect", "replicate", "zeros", doc="blur boundary handling"),
+                 noise_sigma=NOISE_KNOB, **_RUN_KNOBS)
+BB_KNOBS = dict(SOURCE_KNOBS, function=Str(doc="your forward model: 'path/to/file.py:name' or 'module:name'"),
+                batched=Bool("fn takes a batch (true) or one item (false)"),
+                output_shape=Ints(1, optional=True, doc="fn's per-item output shape (checked); None: y's shape"),
+                noise_sigma=NOISE_KNOB, executor=_RUN_KNOBS["executor"], workers=_RUN_KNOBS["workers"],
+                chunk_size=Int(1, optional=True, doc="items per call / executor task"))
 
 
 def _executor(kind: str, workers):
@@ -42,7 +58,7 @@ def _executor(kind: str, workers):
         return ThreadPoolExecutor(workers)
     if kind == "processes":
         return ProcessPoolExecutor(workers)
-    raise ValueError(f"problem.executor must be 'none', 'threads' or 'processes', got {kind!r}")
+    raise InvalidValueError(f"problem.executor must be 'none', 'threads' or 'processes', got {kind!r}")
 
 
 def load_function(spec: str):
@@ -70,35 +86,37 @@ def _maybe_black_box(op, black_box: bool, executor, workers):
 
 
 @register_task("phase-retrieval", PR_DEFAULTS, summary="Fourier phase retrieval |F(pad x)| of held-out photos "
-                                                       "(black box; EnKG)")
+                                                       "(black box; EnKG)", knobs=PR_KNOBS)
 def build_phase_retrieval(source, index, path, key, size, resize, noise_seed, oversample, noise_sigma, black_box,
                           workers, executor):
-    x, names, origin = load_images(source, index, path, key, size, resize)
+    x, names, origin, keys = load_images(source, index, path, key, size, resize)
     op = _maybe_black_box(PhaseRetrieval(size, x.shape[1], oversample), black_box, executor, workers)
     meta = {"oversample": oversample, "black_box": black_box}
-    return make_problem(op, x, names, origin, noise_sigma, noise_seed, meta, [])
+    return make_problem(op, x, names, origin, noise_sigma, noise_seed, meta, [], keys)
 
 
 @register_task("nonlinear-blur", NLB_DEFAULTS, summary="Gaussian blur + saturating sensor response of held-out "
-                                                       "photos (black box; EnKG)")
+                                                       "photos (black box; EnKG)", knobs=NLB_KNOBS)
 def build_nonlinear_blur(source, index, path, key, size, resize, noise_seed, gain, kernel_size, kernel_sigma,
                          padding, noise_sigma, black_box, workers, executor):
-    x, names, origin = load_images(source, index, path, key, size, resize)
+    x, names, origin, keys = load_images(source, index, path, key, size, resize)
     op = SaturatingBlur(gain=gain, padding=padding, size=kernel_size, sigma=kernel_sigma, image_size=size)
     meta = {"gain": gain, "kernel_size": kernel_size, "kernel_sigma": kernel_sigma, "padding": padding,
             "black_box": black_box}
     return make_problem(_maybe_black_box(op, black_box, executor, workers), x, names, origin, noise_sigma, noise_seed,
-                    meta, [])
+                    meta, [], keys)
 
 
 @register_task("blackbox", BB_DEFAULTS, summary="your own numpy forward model (problem.function='file.py:fn') on "
-                                                "held-out photos or your image")
+                                                "held-out photos or your image", knobs=BB_KNOBS)
 def build_blackbox(source, index, path, key, size, resize, noise_seed, function, batched, output_shape, noise_sigma,
                    executor, workers, chunk_size):
     fn = load_function(function)
-    x, names, origin = load_images(source, index, path, key, size, resize)
+    x, names, origin, keys = load_images(source, index, path, key, size, resize)
+    if isinstance(output_shape, int):
+        output_shape = [output_shape]
     op = BlackBox(fn, input_shape=tuple(x.shape[1:]), output_shape=None if output_shape is None else
                   tuple(output_shape), batched=batched, executor=_executor(executor, workers), chunk_size=chunk_size,
                   default_prior="natural")
     meta = {"function": function, "batched": batched, "executor": executor, "workers": workers}
-    return make_problem(op, x, names, origin, noise_sigma, noise_seed, meta, [])
+    return make_problem(op, x, names, origin, noise_sigma, noise_seed, meta, [], keys)

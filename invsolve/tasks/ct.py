@@ -40,12 +40,13 @@ import torch
 import torch.nn.functional as F
 
 from ..data import ct as ct_data
-from ..errors import InputFileError, ShapeError
+from ..errors import InputFileError, InvalidValueError, ShapeError
 from ..linalg import power_iteration
 from ..operators.ct import ParallelBeamCT, limited_angle_angles, sparse_view_angles
 from ..operators.fanbeam import FanBeamCT
-from ..operators.noise import GaussianNoise
+from ..samplers.knobs import Bool, Choice, Float, Int, Ints, Str
 from .mri import load_array
+from .noise import add_noise, source_keys
 from .registry import Problem, register_task
 
 GEOMETRY = dict(geometry="sparse_view", beam="parallel", source_distance=None, n_views=16, arc_degrees=120.0,
@@ -55,6 +56,36 @@ CT_DEFAULTS = dict(source="example", index=[0, 1, 2], path=None, key=None, size=
                    image_units="unit", crop_body=True, **GEOMETRY)
 VOLUME_DEFAULTS = dict(source="phantom3d", n_slices=32, seed=0, slice_spacing=2.0, index=0, path=None, key=None,
                        size=64, resize=False, image_units="unit", **GEOMETRY)
+GEOMETRY_KNOBS = dict(
+    geometry=Choice("sparse_view", "limited_angle", doc="view angles: uniform over the scan, or a contiguous arc"),
+    beam=Choice("parallel", "fan", doc="parallel beam, or equiangular fan beam (full scan over [0, 2 pi))"),
+    source_distance=Float(0, low_open=True, optional=True, doc="fan beam: source distance in pixels (None: 2 size)"),
+    n_views=Int(1, doc="number of views (sparse_view)"),
+    arc_degrees=Float(0, 360, low_open=True, doc="arc of the views (limited_angle)"),
+    step_degrees=Float(0, low_open=True, doc="angular step (limited_angle)"),
+    start_degrees=Float(doc="first angle (limited_angle)"),
+    angles_file=Str(optional=True, doc="your view angles (.npy, radians) instead of the geometry"),
+    n_detectors=Int(2, optional=True, doc="detector count (None: ceil(sqrt(2) size))"),
+    noise_sigma=Float(0, doc="std of white Gaussian noise on the sinogram (line integrals, pixel units)"),
+    noise_seed=Int(0, doc="seed of the noise (each image's noise is keyed by its source index)"),
+)
+_IMAGE_KNOBS = dict(
+    path=Str(optional=True, doc="your data: .npy/.npz image(s), DICOM file/series, sinogram or volume"),
+    key=Str(optional=True, doc="array name inside an .npz file"),
+    size=Int(8, doc="image size (pixels); the prior's size"),
+    resize=Bool("resize a user image of another size"),
+    image_units=Choice("unit", "hu", doc="user images in [0, 1] (HU window [-1000, 1000]) or Hounsfield units"),
+)
+CT_KNOBS = dict(GEOMETRY_KNOBS, **_IMAGE_KNOBS,
+                source=Choice("example", "image", "dicom", "sinogram", doc="where the images / data come from"),
+                index=Ints(0, doc="which held-out pydicom slices (source=example)"),
+                crop_body=Bool("crop DICOM slices to the body (else pad to a square)"))
+VOLUME_KNOBS = dict(GEOMETRY_KNOBS, **_IMAGE_KNOBS,
+                    source=Choice("phantom3d", "warped-slice", "volume", "dicom", doc="where the volume comes from"),
+                    n_slices=Int(2, doc="slices of the volume (the batch)"),
+                    seed=Int(0, doc="seed of the procedural phantom (source=phantom3d)"),
+                    slice_spacing=Float(0, low_open=True, doc="pixels between slices (source=phantom3d)"),
+                    index=Int(0, doc="the pydicom slice of source=warped-slice"))
 
 
 # ----------------------------------------------------------------------------------------------- geometry
@@ -71,19 +102,19 @@ def angles_for(geometry: str, n_views: int, arc_degrees: float, step_degrees: fl
         return sparse_view_angles(n_views) * (2 if beam == "fan" else 1)
     if geometry == "limited_angle":
         return limited_angle_angles(arc_degrees, step_degrees, start_degrees)
-    raise ValueError(f"problem.geometry must be 'sparse_view' or 'limited_angle', got {geometry!r}")
+    raise InvalidValueError(f"problem.geometry must be 'sparse_view' or 'limited_angle', got {geometry!r}")
 
 
 def _operator(size, angles, n_detectors, geometry, noise_sigma, beam="parallel",
               source_distance=None) -> Tuple[ParallelBeamCT, dict]:
     if beam == "parallel":
         if source_distance is not None:
-            raise ValueError("problem.source_distance applies to problem.beam=fan only")
+            raise InvalidValueError("problem.source_distance applies to problem.beam=fan only")
         op = ParallelBeamCT(size, angles, n_detectors=n_detectors)
     elif beam == "fan":
         op = FanBeamCT(size, angles, source_distance=source_distance, n_detectors=n_detectors)
     else:
-        raise ValueError(f"problem.beam must be 'parallel' or 'fan', got {beam!r}")
+        raise InvalidValueError(f"problem.beam must be 'parallel' or 'fan', got {beam!r}")
     g = torch.Generator().manual_seed(0)
     opnorm = float(power_iteration(op.normal, torch.randn((1, 1, size, size), generator=g), iterations=30)[0])
     meta = {"geometry": geometry, "beam": beam, "n_views": op.n_views, "n_detectors": op.n_detectors,
@@ -94,13 +125,11 @@ def _operator(size, angles, n_detectors, geometry, noise_sigma, beam="parallel",
     return op, meta
 
 
-def _measure(op, x, noise_sigma, noise_seed):
+def _measure(op, x, noise_sigma, noise_seed, keys):
+    """``op(x)`` plus noise, image ``b``'s noise keyed by ``keys[b]`` (its index in the source)."""
     if noise_sigma < 0:
-        raise ValueError(f"problem.noise_sigma must be >= 0, got {noise_sigma}")
-    y = op(x)
-    if noise_sigma > 0:
-        y = GaussianNoise(noise_sigma)(y, torch.Generator().manual_seed(noise_seed))
-    return y
+        raise InvalidValueError(f"problem.noise_sigma must be >= 0, got {noise_sigma}")
+    return add_noise(op(x), noise_sigma, noise_seed, keys)
 
 
 # ----------------------------------------------------------------------------------------------- images
@@ -118,7 +147,7 @@ def _units(x: torch.Tensor, image_units: str) -> torch.Tensor:
     if image_units == "hu":
         return ct_data.window(x)
     if image_units != "unit":
-        raise ValueError(f"problem.image_units must be 'unit' ([0, 1] = HU window [-1000, 1000]) or 'hu', "
+        raise InvalidValueError(f"problem.image_units must be 'unit' ([0, 1] = HU window [-1000, 1000]) or 'hu', "
                          f"got {image_units!r}")
     return x
 
@@ -139,8 +168,8 @@ def _image_file(path, key, size, resize, image_units, what="image") -> torch.Ten
                              f"{size}x{size} (problem.size); set problem.resize=true to resize it")
         x = torch.stack([_fit(s[0], size, crop_body=False) for s in x])[:, None]
     if image_units == "unit" and (float(x.min()) < -0.5 or float(x.max()) > 1.5):
-        raise ValueError(f"{what} in {path} has values in [{float(x.min()):.4g}, {float(x.max()):.4g}], far outside "
-                         f"[0, 1]; if it is in Hounsfield units set problem.image_units=hu")
+        raise InvalidValueError(f"{what} in {path} has values in [{float(x.min()):.4g}, {float(x.max()):.4g}], far "
+                                f"outside [0, 1]; if it is in Hounsfield units set problem.image_units=hu")
     return x
 
 
@@ -148,7 +177,8 @@ def _pick(x, names, index):
     idx = [index] if isinstance(index, int) else list(index)
     bad = [i for i in idx if not 0 <= i < x.shape[0]]
     if bad:
-        raise ValueError(f"problem.index {bad} out of range: the source has {x.shape[0]} images")
+        raise InvalidValueError(f"problem.index={idx} is out of range: the source has {x.shape[0]} images "
+                                f"(0 .. {x.shape[0] - 1})")
     return x[idx], [names[i] for i in idx]
 
 
@@ -174,7 +204,7 @@ def _sinogram(path, key, angles, size, min_detectors: Optional[int] = None) -> t
 
 
 @register_task("ct", CT_DEFAULTS, summary="parallel- or fan-beam CT, sparse view or limited angle (held-out real "
-                                          "slices or your image / DICOM / sinogram)")
+                                          "slices or your image / DICOM / sinogram)", knobs=CT_KNOBS)
 def build(source, index, path, key, size, resize, image_units, crop_body, geometry, beam, source_distance, n_views,
           arc_degrees, step_degrees, start_degrees, angles_file, n_detectors, noise_sigma, noise_seed) -> Problem:
     angles = angles_for(geometry, n_views, arc_degrees, step_degrees, start_degrees, angles_file, beam)
@@ -195,10 +225,11 @@ def build(source, index, path, key, size, resize, image_units, crop_body, geomet
         x = torch.stack([_fit(ct_data.window(s[0]), size, crop_body) for s in hu])[:, None]
         names, origin = [f"{Path(path).name}[{i}]" for i in range(x.shape[0])], str(path)
     else:
-        raise ValueError(f"problem.source must be 'example', 'image', 'dicom' or 'sinogram', got {source!r}")
+        raise InvalidValueError(f"problem.source must be 'example', 'image', 'dicom' or 'sinogram', got {source!r}")
     op, meta = _operator(size, angles, n_detectors, geometry, noise_sigma, beam, source_distance)
-    meta.update({"source": origin, "noise_seed": noise_seed})
-    return Problem(op, _measure(op, x, noise_sigma, noise_seed), x, names, meta=meta, data_range=1.0,
+    keys = source_keys(index, x.shape[0], source == "example")
+    meta.update({"source": origin, "noise_seed": noise_seed, "noise_keys": keys})
+    return Problem(op, _measure(op, x, noise_sigma, noise_seed, keys), x, names, meta=meta, data_range=1.0,
                    default_baselines=["fbp", "cg"])
 
 
@@ -227,7 +258,7 @@ def phantom_volume(n_slices: int = 32, size: int = 64, seed: int = 0, slice_spac
     Gaussian profiles); a smooth 3D Gaussian-random-field texture (std 0.015) in the tissue.
     """
     if int(n_slices) != n_slices or n_slices < 2:
-        raise ValueError(f"problem.n_slices must be an integer >= 2, got {n_slices!r}")
+        raise InvalidValueError(f"problem.n_slices must be an integer >= 2, got {n_slices!r}")
     rng = np.random.default_rng(seed)
     Z, N, px = int(n_slices), int(size), 2.0 / size
     lin = (torch.arange(N, dtype=torch.float64) + 0.5) * px - 1.0
@@ -307,7 +338,8 @@ def _centre_slices(x: torch.Tensor, n: Optional[int]) -> torch.Tensor:
 
 
 @register_task("ct-volume", VOLUME_DEFAULTS, summary="CT volume as a stack of slices (synthetic 3D phantom, "
-                                                     "pseudo-volume, or your DICOM series / .npy volume)")
+                                                     "pseudo-volume, or your DICOM series / .npy volume)",
+               knobs=VOLUME_KNOBS)
 def build_volume(source, n_slices, seed, slice_spacing, index, path, key, size, resize, image_units, geometry,
                  beam, source_distance, n_views, arc_degrees, step_degrees, start_degrees, angles_file, n_detectors,
                  noise_sigma, noise_seed) -> Problem:
@@ -325,13 +357,15 @@ def build_volume(source, n_slices, seed, slice_spacing, index, path, key, size, 
         x = torch.stack([_fit(ct_data.window(s[0]), size, crop_body=False) for s in hu])[:, None]
         origin = str(path)
     else:
-        raise ValueError(f"problem.source must be 'phantom3d', 'warped-slice', 'volume' or 'dicom', got {source!r}")
+        raise InvalidValueError(f"problem.source must be 'phantom3d', 'warped-slice', 'volume' or 'dicom', "
+                                f"got {source!r}")
     if x.shape[0] < 2:
         raise ShapeError(f"a CT volume needs at least 2 slices, got {x.shape[0]} from {origin}")
     angles = angles_for(geometry, n_views, arc_degrees, step_degrees, start_degrees, angles_file, beam)
     op, meta = _operator(size, angles, n_detectors, geometry, noise_sigma, beam, source_distance)
     meta.update({"source": origin, "n_slices": int(x.shape[0]), "noise_seed": noise_seed})
     names: List[str] = [f"slice{k:03d}" for k in range(x.shape[0])]
-    return Problem(op, _measure(op, x, noise_sigma, noise_seed), x, names, meta=meta, data_range=1.0,
-                   default_baselines=["fbp", "cg"])
+    keys = list(range(x.shape[0]))  # the volume is the item; its slices are keyed by their position in it
+    return Problem(op, _measure(op, x, noise_sigma, noise_seed, keys), x, names, meta=meta, data_range=1.0,
+                   default_baselines=["fbp", "cg"], joint=True)
 

@@ -10,7 +10,9 @@ Images are RGB ``(B, 3, H, W)`` in [0, 1], the domain of the embedded ``natural`
   array ``(H, W)``, ``(H, W, C)`` or ``(N, C, H, W)`` (``C`` 1 or 3) in [0, 1]; greyscale is replicated to RGB.
   Its size must equal ``size`` unless ``resize: true`` (centre square crop, antialiased resize).
 
-``noise_sigma`` adds white Gaussian noise of that std (image units) to the measurement.
+``noise_sigma`` adds white Gaussian noise of that std (image units) to the measurement; each image's noise is drawn
+from ``noise_seed`` and the image's index in its source (:mod:`invsolve.tasks.noise`), so it does not depend on
+which other images are selected.
 """
 from __future__ import annotations
 
@@ -21,12 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from ..data import natural
-from ..errors import InputFileError, ShapeError
-from ..operators.blur import Blur, gaussian_kernel, motion_kernel, uniform_kernel
-from ..operators.inpainting import Inpainting, box_mask, random_mask
-from ..operators.noise import GaussianNoise
-from ..operators.resolution import SuperResolution
+from ..errors import InputFileError, InvalidValueError, ShapeError
+from ..operators.blur import PADDINGS, Blur, gaussian_kernel, motion_kernel, uniform_kernel
+from ..operators.sampling import Inpainting, SuperResolution, box_mask, random_mask
+from ..samplers.knobs import Bool, Choice, Float, Int, Ints, Str
 from .mri import load_array
+from .noise import add_noise, source_keys
 from .registry import Problem, register_task
 
 SOURCE = dict(source="example", index=[0, 3, 6, 9], path=None, key=None, size=64, resize=False, noise_seed=0)
@@ -36,6 +38,32 @@ INPAINT_DEFAULTS = dict(SOURCE, mask="random", fraction_missing=0.5, box_size=24
                         noise_sigma=0.0)
 SR_DEFAULTS = dict(SOURCE, factor=4, mode="bicubic", noise_sigma=0.0)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+SOURCE_KNOBS = dict(
+    source=Choice("example", "image", doc="held-out photo crops, or your image file (path)"),
+    index=Ints(0, doc="which held-out crops (source=example; 0, 3, 6, 9 are the full views)"),
+    path=Str(optional=True, doc="your image (PNG/JPEG/TIFF or .npy/.npz in [0, 1]) for source=image"),
+    key=Str(optional=True, doc="array name inside an .npz file"),
+    size=Int(8, doc="image size (pixels); the prior's size"),
+    resize=Bool("centre-crop and resize a user image of another size"),
+    noise_seed=Int(0, doc="seed of the measurement noise (each image's noise is keyed by its source index)"),
+)
+NOISE_KNOB = Float(0, doc="std of white Gaussian measurement noise (image units, images in [0, 1])")
+DEBLUR_KNOBS = dict(SOURCE_KNOBS, kernel=Choice("gaussian", "uniform", "motion", "file", doc="blur kernel"),
+                    kernel_size=Int(1, doc="kernel size (pixels)"),
+                    kernel_sigma=Float(0, low_open=True, doc="std of the Gaussian kernel (pixels)"),
+                    motion_intensity=Float(0, 1, doc="shake intensity of the motion kernel"),
+                    kernel_seed=Int(0, doc="seed of the motion kernel"),
+                    kernel_file=Str(optional=True, doc="your kernel (.npy) for kernel=file"),
+                    padding=Choice(*PADDINGS, doc="boundary handling of the convolution"), noise_sigma=NOISE_KNOB)
+INPAINT_KNOBS = dict(SOURCE_KNOBS, mask=Choice("random", "box", "file", doc="missing-pixel pattern"),
+                     fraction_missing=Float(0, 1, high_open=True, doc="fraction of missing pixels (mask=random)"),
+                     box_size=Int(1, doc="side of the missing box (mask=box)"),
+                     mask_seed=Int(0, doc="seed of the random mask / box position"),
+                     mask_file=Str(optional=True, doc="your mask (.npy, 1 = observed) for mask=file"),
+                     noise_sigma=NOISE_KNOB)
+SR_KNOBS = dict(SOURCE_KNOBS, factor=Int(1, doc="downsampling factor"),
+                mode=Choice("bicubic", "avgpool", doc="downsampling: antialiased bicubic or average pooling"),
+                noise_sigma=NOISE_KNOB)
 
 
 def _square(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -61,8 +89,8 @@ def _user_images(path, key, size, resize) -> torch.Tensor:
                              f"got shape {a.shape} ({a.dtype})")
         x = torch.from_numpy(a.astype(np.float32))
         if float(x.min()) < -0.5 or float(x.max()) > 1.5:
-            raise ValueError(f"image array in {path} has values in [{float(x.min()):.4g}, {float(x.max()):.4g}]; "
-                             "expected [0, 1] (divide 8-bit images by 255)")
+            raise InvalidValueError(f"image array in {path} has values in [{float(x.min()):.4g}, "
+                                    f"{float(x.max()):.4g}]; expected [0, 1] (divide 8-bit images by 255)")
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1).contiguous()
     if tuple(x.shape[-2:]) != (size, size):
@@ -79,21 +107,22 @@ def load_images(source, index, path, key, size, resize):
         idx = [index] if isinstance(index, int) else list(index)
         bad = [i for i in idx if not 0 <= i < x.shape[0]]
         if bad:
-            raise ValueError(f"problem.index {bad} out of range: the held-out photos give {x.shape[0]} images")
-        return x[idx], [names[i] for i in idx], "held-out photo crops (astronaut, coffee, chelsea, flower)"
+            raise InvalidValueError(f"problem.index={idx} is out of range: the held-out photos give {x.shape[0]} "
+                                    f"images (0 .. {x.shape[0] - 1})")
+        return (x[idx], [names[i] for i in idx], "held-out photo crops (astronaut, coffee, chelsea, flower)",
+                source_keys(idx, len(idx), True))
     if source == "image":
         x = _user_images(path, key, size, resize)
-        return x, [f"{Path(path).stem}[{i}]" for i in range(x.shape[0])], str(path)
-    raise ValueError(f"problem.source must be 'example' or 'image', got {source!r}")
+        return x, [f"{Path(path).stem}[{i}]" for i in range(x.shape[0])], str(path), source_keys(None, len(x), False)
+    raise InvalidValueError(f"problem.source must be 'example' or 'image', got {source!r}")
 
 
-def make_problem(op, x, names, origin, noise_sigma, noise_seed, meta, baselines) -> Problem:
+def make_problem(op, x, names, origin, noise_sigma, noise_seed, meta, baselines, keys) -> Problem:
+    """The problem with ``y = op(x) + noise``, image ``b``'s noise keyed by ``keys[b]`` (its source index)."""
     if noise_sigma < 0:
-        raise ValueError(f"problem.noise_sigma must be >= 0, got {noise_sigma}")
-    y = op(x)
-    if noise_sigma > 0:
-        y = GaussianNoise(noise_sigma)(y, torch.Generator().manual_seed(noise_seed))
-    meta.update({"source": origin, "noise_sigma": noise_sigma, "noise_seed": noise_seed})
+        raise InvalidValueError(f"problem.noise_sigma must be >= 0, got {noise_sigma}")
+    y = add_noise(op(x), noise_sigma, noise_seed, keys)
+    meta.update({"source": origin, "noise_sigma": noise_sigma, "noise_seed": noise_seed, "noise_keys": keys})
     return Problem(op, y, x, names, meta=meta, data_range=1.0, default_baselines=baselines)
 
 
@@ -109,14 +138,14 @@ def make_kernel(kernel, kernel_size, kernel_sigma, motion_intensity, kernel_seed
         if kernel_file is None:
             raise InputFileError("problem.kernel_file is required when problem.kernel='file'")
         return torch.from_numpy(np.asarray(load_array(kernel_file, None), dtype=np.float64))
-    raise ValueError(f"problem.kernel must be 'gaussian', 'uniform', 'motion' or 'file', got {kernel!r}")
+    raise InvalidValueError(f"problem.kernel must be 'gaussian', 'uniform', 'motion' or 'file', got {kernel!r}")
 
 
 @register_task("deblur", DEBLUR_DEFAULTS, summary="deblurring (Gaussian / uniform / motion / your kernel) of "
-                                                  "held-out photos or your image")
+                                                  "held-out photos or your image", knobs=DEBLUR_KNOBS)
 def build_deblur(source, index, path, key, size, resize, noise_seed, kernel, kernel_size, kernel_sigma,
                  motion_intensity, kernel_seed, kernel_file, padding, noise_sigma) -> Problem:
-    x, names, origin = load_images(source, index, path, key, size, resize)
+    x, names, origin, keys = load_images(source, index, path, key, size, resize)
     k = make_kernel(kernel, kernel_size, kernel_sigma, motion_intensity, kernel_seed, kernel_file)
     op = Blur(k, padding=padding, image_size=size)
     meta = {"kernel": kernel, "kernel_shape": list(op.kernel.shape), "padding": padding}
@@ -126,14 +155,14 @@ def build_deblur(source, index, path, key, size, resize, noise_seed, kernel, ker
         meta.update({"motion_intensity": motion_intensity, "kernel_seed": kernel_seed})
     elif kernel == "file":
         meta["kernel_file"] = str(kernel_file)
-    return make_problem(op, x, names, origin, noise_sigma, noise_seed, meta, ["wiener"])
+    return make_problem(op, x, names, origin, noise_sigma, noise_seed, meta, ["wiener"], keys)
 
 
 @register_task("inpaint", INPAINT_DEFAULTS, summary="inpainting (random pixels / box / your mask) of held-out "
-                                                    "photos or your image")
+                                                    "photos or your image", knobs=INPAINT_KNOBS)
 def build_inpaint(source, index, path, key, size, resize, noise_seed, mask, fraction_missing, box_size, mask_seed,
                   mask_file, noise_sigma) -> Problem:
-    x, names, origin = load_images(source, index, path, key, size, resize)
+    x, names, origin, keys = load_images(source, index, path, key, size, resize)
     H, W = x.shape[-2:]
     if mask == "random":
         m = random_mask((H, W), fraction_missing, seed=mask_seed)
@@ -147,16 +176,21 @@ def build_inpaint(source, index, path, key, size, resize, noise_seed, mask, frac
             raise ShapeError(f"problem.mask_file {mask_file} holds a mask of shape {tuple(m.shape)}; expected "
                              f"({H}, {W}) or (B, {H}, {W}) to match the images")
     else:
-        raise ValueError(f"problem.mask must be 'random', 'box' or 'file', got {mask!r}")
+        raise InvalidValueError(f"problem.mask must be 'random', 'box' or 'file', got {mask!r}")
+    observed = m.reshape(-1, H * W).sum(dim=1)
+    if bool((observed == 0).any()):
+        what = f"problem.mask_file={str(mask_file)!r}" if mask == "file" else f"problem.mask={mask!r}"
+        raise InvalidValueError(f"{what} observes no pixel (all zeros) in {int((observed == 0).sum())} of "
+                                f"{observed.numel()} mask(s); expected a mask with 1 where pixels are observed")
     op = Inpainting(m)
     meta = {"mask_type": mask, "mask_seed": mask_seed, "missing_fraction": float(1 - op.mask.mean())}
-    return make_problem(op, x, names, origin, noise_sigma, noise_seed, meta, ["adjoint", "wiener"])
+    return make_problem(op, x, names, origin, noise_sigma, noise_seed, meta, ["adjoint", "wiener"], keys)
 
 
 @register_task("sr", SR_DEFAULTS, summary="super-resolution (bicubic / average-pool downsampling) of held-out "
-                                          "photos or your image")
+                                          "photos or your image", knobs=SR_KNOBS)
 def build_sr(source, index, path, key, size, resize, noise_seed, factor, mode, noise_sigma) -> Problem:
-    x, names, origin = load_images(source, index, path, key, size, resize)
-    op = SuperResolution(factor, mode, image_size=size)
+    op = SuperResolution(factor, mode, image_size=size)  # checks that factor divides size before loading images
+    x, names, origin, keys = load_images(source, index, path, key, size, resize)
     meta = {"factor": factor, "mode": mode}
-    return make_problem(op, x, names, origin, noise_sigma, noise_seed, meta, ["pinv", "wiener"])
+    return make_problem(op, x, names, origin, noise_sigma, noise_seed, meta, ["pinv", "wiener"], keys)

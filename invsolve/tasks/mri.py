@@ -19,16 +19,37 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..errors import InputFileError, ShapeError, missing_extra
+from ..errors import InputFileError, InvalidValueError, ShapeError, missing_extra
 from ..operators import coils as coil_lib
 from ..operators import masks as mask_lib
 from ..operators.mri import MultiCoilMRI
-from ..operators.noise import GaussianNoise
+from ..samplers.knobs import Choice, Float, Int, Ints, Str
+from .noise import add_noise, source_keys
 from .registry import Problem, register_task
 
 DEFAULTS = dict(source="example", example="mni", index=[0, 1, 2, 3], path=None, key=None, slice=None,
                 size=64, mask="uniform1d", acceleration=4.0, center_fraction=0.08, mask_seed=0, mask_file=None,
                 coils=8, maps_file=None, noise_sigma=0.0, noise_seed=0, kspace_crop=None, espirit_calib=16)
+KNOBS = dict(
+    source=Choice("example", "image", "kspace", doc="held-out example slices, your image file, or measured k-space"),
+    example=Choice("mni", "dipy", doc="built-in set: held-out MNI152 slab (16 slices) or dipy's real T1 slice"),
+    index=Ints(0, doc="which images of the built-in set (source=example)"),
+    path=Str(optional=True, doc="input file (source=image: .npy/.npz image; source=kspace: .npy/.npz/.h5)"),
+    key=Str(optional=True, doc="array name inside an .npz/.h5 file"),
+    slice=Int(0, optional=True, doc="slice of an .h5 k-space file (default: the middle one)"),
+    size=Int(8, doc="image size (pixels) of the built-in examples; the prior's size"),
+    mask=Choice("uniform1d", "gaussian1d", "gaussian2d", "poisson", doc="undersampling mask type"),
+    acceleration=Float(1, doc="undersampling factor (1 = fully sampled)"),
+    center_fraction=Float(0, 1, doc="fraction of central k-space columns always sampled (1D masks)"),
+    mask_seed=Int(0, doc="seed of the random mask"),
+    mask_file=Str(optional=True, doc="your mask (.npy, (H, W) or (B, H, W)) instead of mask/acceleration"),
+    coils=Int(1, doc="number of simulated birdcage coils"),
+    maps_file=Str(optional=True, doc="coil sensitivity maps (.npy) for source=kspace (default: ESPIRiT)"),
+    noise_sigma=Float(0, doc="std of complex Gaussian k-space noise, relative to the 99th-percentile magnitude"),
+    noise_seed=Int(0, doc="seed of the noise (each image's noise is keyed by its source index)"),
+    kspace_crop=Ints(1, length=2, optional=True, doc="centre-crop measured k-space to [H, W]"),
+    espirit_calib=Int(2, doc="ESPIRiT calibration width (source=kspace without maps_file)"),
+)
 
 
 def load_array(path: str, key: Optional[str], h5_slice: Optional[int] = None) -> np.ndarray:
@@ -68,10 +89,11 @@ def _images_from_source(source, example, index, path, key, size):
         elif example == "dipy":
             x, names = mri_data.dipy_slice(size)
         else:
-            raise ValueError(f"problem.example must be 'mni' or 'dipy', got {example!r}")
+            raise InvalidValueError(f"problem.example must be 'mni' or 'dipy', got {example!r}")
         bad = [i for i in idx if not 0 <= i < x.shape[0]]
         if bad:
-            raise ValueError(f"problem.index {bad} out of range: example {example!r} has {x.shape[0]} images")
+            raise InvalidValueError(f"problem.index={idx} is out of range: example {example!r} has {x.shape[0]} "
+                                    f"images (0 .. {x.shape[0] - 1})")
         return x[idx], [names[i] for i in idx]
     arr = load_array(path, key)
     if arr.ndim == 2:
@@ -84,18 +106,23 @@ def _images_from_source(source, example, index, path, key, size):
 
 def _mask(kind, shape, acceleration, center_fraction, seed, mask_file):
     if mask_file:
-        return torch.from_numpy(np.asarray(load_array(mask_file, None), dtype=np.float32))
+        m = torch.from_numpy(np.asarray(load_array(mask_file, None), dtype=np.float32))
+        if not bool((m != 0).any()):
+            raise InvalidValueError(f"problem.mask_file={str(mask_file)!r} samples no k-space entry (all zeros); "
+                                    f"expected 1 where k-space is sampled")
+        return m
     kw = dict(acceleration=acceleration, seed=seed)
     if kind in ("uniform1d", "gaussian1d"):
         kw["center_fraction"] = center_fraction
     return mask_lib.make_mask(kind, shape, **kw)
 
 
-@register_task("mri", DEFAULTS, summary="multi-coil Cartesian MRI (simulated from held-out slices or your data)")
+@register_task("mri", DEFAULTS, summary="multi-coil Cartesian MRI (simulated from held-out slices or your data)",
+               knobs=KNOBS)
 def build(source, example, index, path, key, slice, size, mask, acceleration, center_fraction, mask_seed,
           mask_file, coils, maps_file, noise_sigma, noise_seed, kspace_crop, espirit_calib) -> Problem:
     if source not in ("example", "image", "kspace"):
-        raise ValueError(f"problem.source must be 'example', 'image' or 'kspace', got {source!r}")
+        raise InvalidValueError(f"problem.source must be 'example', 'image' or 'kspace', got {source!r}")
     meta = {"mask_type": mask, "acceleration": acceleration, "center_fraction": center_fraction,
             "mask_seed": mask_seed, "noise_sigma": noise_sigma, "noise_seed": noise_seed}
     if source == "kspace":
@@ -105,10 +132,10 @@ def build(source, example, index, path, key, slice, size, mask, acceleration, ce
     m = _mask(mask, (H, W), acceleration, center_fraction, mask_seed, mask_file)
     maps = coil_lib.birdcage(coils, (H, W))
     op = MultiCoilMRI(maps, m)
-    y = op(x)
-    if noise_sigma > 0:  # sigma relative to the 99th-percentile image magnitude (images are normalised to 1)
-        y = GaussianNoise(noise_sigma, mask=op.mask)(y, torch.Generator().manual_seed(noise_seed))
-    meta.update({"coils": coils, "coil_maps": "birdcage", "sampled_fraction": float(m.mean())})
+    # noise sigma is relative to the 99th-percentile image magnitude (images are normalised to 1)
+    keys = source_keys(index, x.shape[0], source == "example")
+    y = add_noise(op(x), noise_sigma, noise_seed, keys, mask=op.mask)
+    meta.update({"coils": coils, "coil_maps": "birdcage", "sampled_fraction": float(m.mean()), "noise_keys": keys})
     return Problem(op, y, x, names, meta=meta, default_baselines=["adjoint", "cg"])
 
 
