@@ -119,6 +119,7 @@ class BlackBox(Operator):
     """
 
     is_linear = False
+    task_family = "blackbox"
 
     def __init__(
         self,

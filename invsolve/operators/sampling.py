@@ -99,6 +99,7 @@ class Inpainting(LinearOperator):
     """
 
     default_prior = "natural"
+    task_family = "inpaint"
 
     def __init__(self, mask):
         super().__init__()
@@ -186,6 +187,7 @@ class SuperResolution(LinearOperator):
     """
 
     default_prior = "natural"
+    task_family = "sr"
     MODES = ("avgpool", "bicubic")
 
     def __init__(self, factor: int, mode: str = "bicubic", image_size: Optional[Union[int, Sequence[int]]] = None):

@@ -9,9 +9,12 @@ from __future__ import annotations
 import torch
 
 from ..linalg import cg
-from .base import SamplerOutput, progress_bar, randn, register_sampler
+from .base import SamplerOutput, bshape, progress_bar, randn, register_sampler
 from .knobs import STEPS, Any_, Bool, Choice, Float, Int, Mapping
 from .unconditional import ddim_grid
+
+CG_ITERS = 100  # registered defaults of the data-consistency CG (cap and relative tolerance), chosen on
+CG_TOL = 1e-3  # validation images (docs/samplers.md)
 
 
 def data_consistency(op, y, z0, *, mode: str = "prox", gamma: float = 1.0, cg_iters: int = 5,
@@ -38,6 +41,60 @@ def data_consistency(op, y, z0, *, mode: str = "prox", gamma: float = 1.0, cg_it
     return cg(K, b, z0, max_iter=cg_iters, reference_complex_inner_product=reference_complex_inner_product)
 
 
+def choose_data_consistency(prior, t: int, y: torch.Tensor, *, sigma_y, dc: str = "auto", gamma="auto"):
+    """The weight ``lam_t`` of DDS's data-consistency system at timestep ``t`` (the noise-aware rule).
+
+    DDS solves ``(AᴴA + lam_t I) u = Aᴴy + lam_t x0_hat`` by CG warm-started at ``x0_hat``:
+
+    * ``lam_t = 0`` is the noiseless normal equations ``AᴴA u = Aᴴy`` (``x0_hat`` only as the warm start: where ``A``
+      has a null space CG keeps ``x0_hat``'s component there);
+    * ``lam_t = 1 / gamma`` is the released proximal form ``(I + gamma AᴴA) u = x0_hat + gamma Aᴴy`` (the same
+      system divided by ``gamma``, so CG takes the same iterates);
+    * the noise-aware weight is the MAP estimate of ``x0`` given ``x_t`` and ``y``. With the Gaussian model
+      ``x0 | x_t ~ N(x0_hat, r_t² I)`` and ``y = A x0 + n``, the posterior mode minimises
+      ``||y - A u||² / (2 s²) + ||u - x0_hat||² / (2 r_t²)`` per real component, i.e. ``lam_t = s² / r_t²``
+      (``gamma_t = r_t² / s²``), where ``s² = sigma_y²`` for real ``y`` and ``sigma_y² / 2`` for complex ``y``
+      (circular noise of total variance ``sigma_y²``), and ``r_t² = unit² (1 - abar_t)`` is ``Var[x0 | x_t]`` for a
+      unit-variance Gaussian prior-space component (``s_t² / (1 + s_t²)`` with ``s_t² = (1 - abar_t) / abar_t``),
+      ``unit`` converting prior units to the operator's. For a Gaussian prior this is the exact posterior mean
+      ``E[x0 | x_t, y]`` (``tests/test_dds.py``). Early steps (``r_t`` large) trust the data, late steps the prior.
+
+    Args:
+        sigma_y: noise std of ``y`` in the units the sampler sees (``>= 0``): a float, or ``(B,)`` per sample.
+        dc: ``"auto"`` (the rule: ``lam_t = s² / r_t²``, which is 0 for noiseless data), ``"prox"`` (the same, or
+            ``1 / gamma`` for a numeric ``gamma``) or ``"normal"`` (0).
+        gamma: ``"auto"`` or a fixed proximal weight ``> 0`` (the released code: 1.0).
+    Returns:
+        ``lam_t >= 0``: a float, or ``(B,)`` float64 for per-sample ``sigma_y``.
+    """
+    from .ddnm import unit
+
+    if dc == "normal":
+        return 0.0
+    if gamma != "auto":
+        return 1.0 / float(gamma)
+    if not isinstance(sigma_y, torch.Tensor) and sigma_y == 0:
+        return 0.0
+    s2 = sigma_y**2 / (2 if y.is_complex() else 1)
+    r2 = unit(prior) ** 2 * (1 - float(prior.alpha_bar(t)))
+    return s2 / r2
+
+
+def solve_data_consistency(op, AHy, z0, lam: float, *, cg_iters: int, cg_tol, reference_complex_inner_product=False):
+    """CG on ``(AᴴA + lam I) u = Aᴴy + lam z0`` warm-started at ``z0`` (per sample, at most ``cg_iters`` iterations,
+    stopping at ``||r|| <= cg_tol ||b||`` when ``cg_tol`` is set). Returns the :class:`~invsolve.linalg.CGResult`."""
+    if isinstance(lam, torch.Tensor):  # per sample
+        lam = bshape(lam.to(device=z0.device, dtype=z0.real.dtype), z0) if bool((lam > 0).any()) else 0.0
+    if isinstance(lam, torch.Tensor) or lam:
+        b = AHy + lam * z0
+
+        def K(v):
+            return op.normal(v) + lam * v
+    else:
+        b, K = AHy, op.normal
+    return cg(K, b, z0, max_iter=cg_iters, tol=cg_tol, reference_complex_inner_product=reference_complex_inner_product)
+
+
 def _warm_start(prior, op, y, n, t0, init, init_knobs):
     """``sqrt(abar_t0) x_init + sqrt(1 - abar_t0) n`` in prior space, ``x_init`` from the classical sampler ``init``."""
     from .base import get_sampler, resolve_knobs
@@ -52,9 +109,14 @@ def _warm_start(prior, op, y, n, t0, init, init_knobs):
 
 @register_sampler("dds", knobs=dict(
     steps=STEPS, eta=Float(0, 1, doc="fraction (in std) of fresh noise when re-noising"),
-    cg_iters=Int(1, doc="CG iterations per step (M)"),
-    gamma=Float(0, low_open=True, doc="proximal weight of dc='prox': (I + gamma AᴴA) u = x0_hat + gamma Aᴴy"),
-    dc=Choice("prox", "normal", doc="data consistency: proximal form or the noiseless normal equations"),
+    sigma_y=Float(0, optional=True, doc="noise std of y in the sampler's units (None: estimated from y, else 0)"),
+    dc=Choice("auto", "prox", "normal", doc="data consistency: 'auto' picks it from sigma_y (normal equations "
+              "when noiseless, else the proximal form with gamma_t = r_t²/sigma_y²)"),
+    gamma=Float(0, low_open=True, also=("auto",), doc="proximal weight: (I + gamma AᴴA) u = x0_hat + gamma Aᴴy; "
+                "'auto': gamma_t = Var[x0|x_t] / sigma_y² per step"),
+    cg_iters=Int(1, doc="most CG iterations per step (M)"),
+    cg_tol=Float(0, low_open=True, optional=True, doc="relative CG tolerance ||r|| <= tol ||b|| per sample "
+                 "(None: exactly cg_iters iterations)"),
     renoise=Choice("reference", "ddim", doc="re-noising rule: the released code's or textbook DDIM-eta"),
     reproduce_reference_rhs=Bool("reproduce the released code's complex right-hand side quirk"),
     reference_complex_inner_product=Bool("reproduce the released code's unconjugated CG inner product"),
@@ -64,9 +126,10 @@ def _warm_start(prior, op, y, n, t0, init, init_knobs):
     init_knobs=Mapping("options of the init sampler"),
     t_start=Float(0, 1, low_open=True, doc="warm start: fraction of the time grid that is run")),
                   summary="Decomposed Diffusion Sampler: Tweedie + a few CG steps per step, no network gradients",
-                  neutral=("clip", "init", "init_knobs", "t_start"))
+                  neutral=("clip", "init", "init_knobs", "t_start"), version=2)
 @torch.no_grad()
-def dds(prior, op, y, *, generators, steps=50, eta=0.85, cg_iters=5, gamma=1.0, dc="prox", renoise="reference",
+def dds(prior, op, y, *, generators, steps=50, eta=0.85, sigma_y=None, dc="auto", gamma="auto", cg_iters=CG_ITERS,
+        cg_tol=CG_TOL, renoise="reference",
         reproduce_reference_rhs=False, reference_complex_inner_product=False, reference_last_step=True,
         clip=None, init=None, init_knobs=None, t_start=1.0, progress=False) -> SamplerOutput:
     """DDS on a pixel-space VP prior.
@@ -76,9 +139,20 @@ def dds(prior, op, y, *, generators, steps=50, eta=0.85, cg_iters=5, gamma=1.0, 
         eta: stochasticity. ``renoise="reference"``: fraction (in std) of the ``sqrt(1 - abar_next)`` noise budget
             given to fresh noise, the rest reuses the network's ``eps`` (released code, default 0.85).
             ``renoise="ddim"``: textbook DDIM-η rule.
-        cg_iters: M conjugate-gradient iterations per step (5).
-        gamma: proximal weight of ``dc="prox"``.
-        dc: ``"prox"`` (``(I + γAᴴA) u = z0 + γAᴴy``) or ``"normal"`` (``AᴴA u = Aᴴy``).
+        sigma_y: noise std of ``y`` in the units the sampler sees (after ``solve``'s data scaling for
+            ``mri-brain``; :func:`invsolve.solve` fills it in from its ``sigma_y`` argument, a config's
+            ``problem.noise_sigma`` or an estimate). ``None``: estimated from ``y`` where an estimator exists
+            (:mod:`invsolve.noise_level`), else taken as 0 (noiseless) with a warning.
+        dc, gamma: the data-consistency step, ``(AᴴA + lam_t I) u = Aᴴy + lam_t x0_hat`` by CG warm-started at
+            ``x0_hat`` (:func:`choose_data_consistency`). Defaults ``dc="auto"``, ``gamma="auto"``, the
+            noise-aware rule: noiseless ``y`` -> the normal equations ``AᴴA u = Aᴴy`` (``lam_t = 0``); noisy ``y``
+            -> the proximal form ``(I + gamma_t AᴴA) u = x0_hat + gamma_t Aᴴy`` with ``gamma_t = r_t² / s²``, the
+            posterior variance ``r_t² = unit² (1 - abar_t)`` of ``x0`` given ``x_t`` over the noise variance ``s²``
+            per real component. A numeric ``gamma`` fixes it (the released DDS: ``dc="prox", gamma=1.0,
+            cg_iters=5, cg_tol=None``); ``dc="normal"`` forces the normal equations.
+        cg_iters: at most this many CG iterations per step and sample (M; default 100).
+        cg_tol: relative tolerance ``||b - K u|| <= cg_tol ||b||`` per sample (default 1e-3; samples that reach it
+            stop early); ``None`` runs exactly ``cg_iters`` iterations with no host synchronisation.
         reproduce_reference_rhs / reference_complex_inner_product: switches that reproduce two quirks of the
             released code for complex MRI (ALGORITHMS.md §1.3–1.4); off by default (correct math).
         reference_last_step: as released, jump straight to ``x0_c`` at ``t_next = 0`` (no renoising to t = 0).
@@ -92,7 +166,11 @@ def dds(prior, op, y, *, generators, steps=50, eta=0.85, cg_iters=5, gamma=1.0, 
             ``x_t0 = sqrt(abar_t0) x_init + sqrt(1 - abar_t0) n``; only the grid steps from ``t0`` down are run
             (about ``t_start * steps`` network calls). ``init=None`` (default) starts from pure noise at ``T``.
     Returns:
-        operator-domain reconstruction; ``info["cg_residual"]`` holds the final CG residual per step ``(S, B)``.
+        operator-domain reconstruction; ``info``: ``cg_residual`` (final CG residual per step, ``(S, B)``),
+        ``cg_iterations`` (``(S, B)``), ``lam`` (``lam_t`` per step), ``sigma_y`` and ``sigma_y_source``.
+
+    Defaults chosen on validation images only (MNI152 guard slices z = 94, 113 at 4x / 8x, noiseless and
+    sigma_y = 0.02; CT validation phantoms, 16 views): see docs/samplers.md.
     """
     if renoise not in ("reference", "ddim"):
         raise ValueError(f"renoise must be 'reference' or 'ddim', got {renoise!r}")
@@ -111,17 +189,26 @@ def dds(prior, op, y, *, generators, steps=50, eta=0.85, cg_iters=5, gamma=1.0, 
     if init is not None:  # the grid's tail from t0 <= t_start * T (never empty: it ends at t = 0)
         grid = [(t, t_next) for t, t_next in grid if t <= t_start * (prior.num_train_timesteps - 1)]
         x = _warm_start(prior, op, y, x, grid[0][0], init, init_knobs)
-    residuals = []
+    sigma_y, sigma_src = _sigma_for_dds(op, y, sigma_y, dc, gamma)
+    AHy = op.adjoint(y)
+    residuals, iterations, lams = [], [], []
     for t, t_next in progress_bar(grid, progress, "DDS", total=len(grid)):
         x0_hat, e = prior.tweedie(x, t)
         if clip is not None:
             ab_t = prior.alpha_bar(t).to(x.dtype)
             x0_hat = x0_hat.clamp(-clip, clip)
             e = (x - ab_t.sqrt() * x0_hat) / (1 - ab_t).sqrt()
-        res = data_consistency(op, y, prior.from_prior(x0_hat), mode=dc, gamma=gamma, cg_iters=cg_iters,
-                               reproduce_reference_rhs=reproduce_reference_rhs,
-                               reference_complex_inner_product=reference_complex_inner_product)
+        lam = choose_data_consistency(prior, t, y, sigma_y=sigma_y, dc=dc, gamma=gamma)
+        if reproduce_reference_rhs and not isinstance(lam, torch.Tensor):
+            res = data_consistency(op, y, prior.from_prior(x0_hat), mode="prox" if lam else "normal",
+                                   gamma=1 / lam if lam else 1.0, cg_iters=cg_iters, reproduce_reference_rhs=True,
+                                   reference_complex_inner_product=reference_complex_inner_product)
+        else:
+            res = solve_data_consistency(op, AHy, prior.from_prior(x0_hat), lam, cg_iters=cg_iters, cg_tol=cg_tol,
+                                         reference_complex_inner_product=reference_complex_inner_product)
         residuals.append(res.residual_norm)
+        iterations.append(res.iterations)
+        lams.append(lam.tolist() if isinstance(lam, torch.Tensor) else lam)
         x0c = prior.to_prior(res.x)
         ab_n = prior.alpha_bar(t_next).to(x.dtype)
         if t_next < 0 or (t_next == 0 and reference_last_step):
@@ -135,4 +222,20 @@ def dds(prior, op, y, *, generators, steps=50, eta=0.85, cg_iters=5, gamma=1.0, 
             sig = eta * ((1 - ab_n) / (1 - ab_t) * (1 - ab_t / ab_n)).sqrt()
             x = ab_n.sqrt() * x0c + (1 - ab_n - sig**2).clamp_min(0).sqrt() * e + sig * n
     return SamplerOutput(x=prior.from_prior(x), nfe=prior.nfe - nfe0,
-                         info={"cg_residual": torch.stack(residuals).cpu()})
+                         info={"cg_residual": torch.stack(residuals).cpu(),
+                               "cg_iterations": torch.stack(iterations).cpu(), "lam": lams, "sigma_y": sigma_y,
+                               "sigma_y_source": sigma_src})
+
+
+def _sigma_for_dds(op, y, sigma_y, dc, gamma):
+    """``(sigma_y, where it came from)``; ``None`` is estimated from ``y`` only when the rule needs it."""
+    if sigma_y is not None:
+        return float(sigma_y), "option"
+    if dc == "normal" or gamma != "auto":
+        return 0.0, "unused"
+    from ..noise_level import resolve
+
+    level = resolve(op, y, None, sampler="dds", sampler_default=None)
+    if level.sigma is None:
+        return 0.0, "unknown (taken as noiseless)"
+    return level.sigma, f"estimated ({level.method})"  # (B,): one level per sample
