@@ -24,7 +24,7 @@ from .errors import InputFileError, InvsolveError
 DEFAULTS: Dict[str, Any] = {
     "problem": {"task": "mri"},
     "solver": {"prior": None, "sampler": "dds", "steps": None, "seed": 0, "num_samples": 1, "device": None,
-               "data_scale": "auto", "options": {}},
+               "data_scale": "auto", "preset": None, "options": {}},
     "baselines": None,
     "output": {"dir": "outputs/${problem.task}_${solver.sampler}", "overwrite": False, "figure": True},
 }
@@ -69,12 +69,13 @@ def run(cfg, progress: bool = True) -> Dict[str, Any]:
     all_options = OmegaConf.to_container(sv.options, resolve=True) or {}
     options = _sampler_options(all_options, sv.sampler)
     steps = sv.steps if "steps" in get_sampler(sv.sampler).defaults else None
-    res = solve(problem.y, problem.operator, prior=sv.prior, sampler=sv.sampler, steps=steps, seed=sv.seed,
-                num_samples=int(sv.num_samples), device=sv.device, data_scale=sv.data_scale, progress=progress,
-                **options)
+    preset = sv.preset
+    res = _solve(solve, problem, options, sampler=sv.sampler, prior=sv.prior, steps=steps, seed=sv.seed,
+                 num_samples=int(sv.num_samples), device=sv.device, data_scale=sv.data_scale, progress=progress,
+                 preset=preset)
     baselines = problem.default_baselines if cfg.baselines is None else list(cfg.baselines)
-    base_res = {b: solve(problem.y, problem.operator, sampler=b, device=sv.device,
-                         **_sampler_options(all_options, b)) for b in baselines}
+    base_res = {b: _solve(solve, problem, _sampler_options(all_options, b), sampler=b, device=sv.device,
+                          preset=False if preset is False else None) for b in baselines}
 
     metrics: Dict[str, Any] = {}
     signed = _signed_field(problem)
@@ -119,6 +120,19 @@ def run(cfg, progress: bool = True) -> Dict[str, Any]:
         raise
     record["output_dir"] = str(out)
     return record
+
+
+def _solve(solve, problem, options: Dict[str, Any], **kw):
+    """``solve`` on the problem: the noise level is the problem's (``problem.noise_sigma`` of simulated data) unless
+    the sampler's options set ``sigma_y``, which wins (both in ``y``'s units); presets apply unless ``solver.preset``
+    is false or names one."""
+    options = dict(options)
+    source = "sampler option (solver.options)" if "sigma_y" in options else "problem (problem.noise_sigma)"
+    sigma_y = options.pop("sigma_y", problem.sigma_y)
+    res = solve(problem.y, problem.operator, sigma_y=sigma_y, **kw, **options)
+    if res.config.get("sigma_y", {}).get("source") == "argument":
+        res.config["sigma_y"]["source"] = source
+    return res
 
 
 def _sampler_options(options: Dict[str, Any], sampler: str) -> Dict[str, Any]:

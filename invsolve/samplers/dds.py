@@ -82,7 +82,8 @@ def choose_data_consistency(prior, t: int, y: torch.Tensor, *, sigma_y, dc: str 
 
 def solve_data_consistency(op, AHy, z0, lam: float, *, cg_iters: int, cg_tol, reference_complex_inner_product=False):
     """CG on ``(AᴴA + lam I) u = Aᴴy + lam z0`` warm-started at ``z0`` (per sample, at most ``cg_iters`` iterations,
-    stopping at ``||r|| <= cg_tol ||b||`` when ``cg_tol`` is set). Returns the :class:`~invsolve.linalg.CGResult`."""
+    stopping once the residual is ``cg_tol`` times the initial one, ``||r_k|| <= cg_tol ||r_0||``, when ``cg_tol`` is
+    set). Returns the :class:`~invsolve.linalg.CGResult`."""
     if isinstance(lam, torch.Tensor):  # per sample
         lam = bshape(lam.to(device=z0.device, dtype=z0.real.dtype), z0) if bool((lam > 0).any()) else 0.0
     if isinstance(lam, torch.Tensor) or lam:
@@ -92,7 +93,8 @@ def solve_data_consistency(op, AHy, z0, lam: float, *, cg_iters: int, cg_tol, re
             return op.normal(v) + lam * v
     else:
         b, K = AHy, op.normal
-    return cg(K, b, z0, max_iter=cg_iters, tol=cg_tol, reference_complex_inner_product=reference_complex_inner_product)
+    return cg(K, b, z0, max_iter=cg_iters, tol=cg_tol, tol_reference="initial",
+              reference_complex_inner_product=reference_complex_inner_product)
 
 
 def _warm_start(prior, op, y, n, t0, init, init_knobs):

@@ -27,6 +27,9 @@ class Problem:
         meta: facts to save with results (mask, kernel, seeds, noise level, source file, ...).
         data_range: value range for metrics (``None``: per-image peak of the truth).
         default_baselines: classical methods shown next to the reconstruction.
+        sigma_y: noise std of ``y`` in its units when known (simulated data: ``problem.noise_sigma``, 0 when
+            noiseless), ``None`` when unknown (measured data without ``problem.noise_sigma``); passed to
+            :func:`invsolve.solve` as ``sigma_y``.
     """
 
     operator: Operator
@@ -36,6 +39,7 @@ class Problem:
     meta: Dict[str, Any] = field(default_factory=dict)
     data_range: Optional[float] = None
     default_baselines: List[str] = field(default_factory=lambda: ["adjoint"])
+    sigma_y: Optional[float] = None
 
 
 @dataclass

@@ -93,7 +93,7 @@ def _problem(op, x, names, origin, noise_sigma, noise_seed, meta, baselines) -> 
     if noise_sigma > 0:
         y = GaussianNoise(noise_sigma)(y, torch.Generator().manual_seed(noise_seed))
     meta.update({"source": origin, "noise_sigma": noise_sigma, "noise_seed": noise_seed})
-    return Problem(op, y, x, names, meta=meta, data_range=1.0, default_baselines=baselines)
+    return Problem(op, y, x, names, meta=meta, data_range=1.0, default_baselines=baselines, sigma_y=noise_sigma)
 
 
 def make_kernel(kernel, kernel_size, kernel_sigma, motion_intensity, kernel_seed, kernel_file) -> torch.Tensor:

@@ -109,7 +109,7 @@ def build(source, example, index, path, key, slice, size, mask, acceleration, ce
     if noise_sigma > 0:  # sigma relative to the 99th-percentile image magnitude (images are normalised to 1)
         y = GaussianNoise(noise_sigma, mask=op.mask)(y, torch.Generator().manual_seed(noise_seed))
     meta.update({"coils": coils, "coil_maps": "birdcage", "sampled_fraction": float(m.mean())})
-    return Problem(op, y, x, names, meta=meta, default_baselines=["adjoint", "cg"])
+    return Problem(op, y, x, names, meta=meta, default_baselines=["adjoint", "cg"], sigma_y=noise_sigma)
 
 
 def _centre_crop(k: np.ndarray, crop: Sequence[int]) -> np.ndarray:
@@ -151,4 +151,4 @@ def _from_kspace(path, key, h5_slice, mask_file, maps_file, kspace_crop, espirit
     meta.update({"source_file": str(path), "sampled_fraction": float(m.mean())})
     y = ks * op.mask
     return Problem(op, y, None, [f"{Path(path).stem}[{b}]" for b in range(ks.shape[0])], meta=meta,
-                   default_baselines=["adjoint", "cg"])
+                   default_baselines=["adjoint", "cg"], sigma_y=meta["noise_sigma"] or None)  # measured: 0 = unknown
