@@ -164,6 +164,17 @@ def heldout_slices(size: int = 64, n: int = 8, seed: int = 1234) -> Tuple[torch.
     return to_complex(mag, smooth_phase(n, size, g, "cpu")), [f"mni-z{k}" for k in z]
 
 
+VALIDATION_Z = (HELDOUT_Z[0] - 2, HELDOUT_Z[-1] + 2)  # guard slices: neither trained on nor in the test slab
+
+
+def validation_slices(size: int = 64, seed: int = 99) -> Tuple[torch.Tensor, List[str]]:
+    """The tuning images: MNI152 guard slices z = 94, 113 (excluded from training by the guard margin, disjoint from
+    the held-out test slab), complex ``(2, 1, size, size)`` with smooth random phase (seed 99) + names."""
+    mag = axial_slices(list(VALIDATION_Z), size)
+    g = torch.Generator().manual_seed(seed)
+    return to_complex(mag, smooth_phase(len(VALIDATION_Z), size, g, "cpu")), [f"mni-z{k}" for k in VALIDATION_Z]
+
+
 def dipy_slice(size: int = 64, seed: int = 4321) -> Tuple[torch.Tensor, List[str]]:
     """dipy's real T1 coronal slice (another subject/scanner; out of distribution), complex ``(1, 1, size, size)``."""
     try:

@@ -293,8 +293,8 @@ def method_config(plan: Plan, task_id: str, method_id: str) -> Dict[str, Any]:
     knobs = pair.get("knobs", m["task_knobs"].get(task_id, m["knobs"]))  # with the preset applied, once planned
     cfg = {"sampler": m["sampler"], "prior": m["prior"], "knobs": spec.identity_knobs(knobs),
            "data_scale": m["data_scale"], "num_samples": m["num_samples"]}
-    if pair.get("preset") is not None:  # absent when none applies: stored results without presets stay current
-        cfg["preset"] = pair["preset"]
+    if pair.get("sigma_y"):  # the task's noise level reaches the sampler (absent when noiseless or unused)
+        cfg["sigma_y"] = pair["sigma_y"]
     if spec.version > 1:  # version 1 is left out: results stored before versions existed stay current
         cfg["sampler_version"] = spec.version
     return cfg
@@ -348,9 +348,10 @@ def _applicability(plan: Plan, task_id: str, method: Dict[str, Any]) -> Tuple[Op
 
 
 def _pair_preset(plan: Plan, task_id: str, method_id: str, prior: Optional[str]) -> Dict[str, Any]:
-    """``{"preset": id or None, "knobs": resolved knobs}`` of a (task, method) pair: registered defaults < the
-    preset of (prior, operator family, sampler, the task's noise) (:mod:`invsolve.presets`) < the method's options.
-    A task whose noise level is unknown (measured data) matches only presets for any noise."""
+    """``{"preset": id or None, "knobs": resolved knobs, "sigma_y": ...}`` of a (task, method) pair: registered
+    defaults < the preset of (prior, operator family, sampler, the task's noise) (:mod:`invsolve.presets`) < the
+    method's options. A task whose noise level is unknown (measured data) matches only presets for any noise. The
+    chosen knobs (not the preset's id) and the noise level the sampler gets go into the configuration hash."""
     from .. import presets
     from ..samplers.base import get_sampler, resolve_knobs
 
@@ -362,8 +363,9 @@ def _pair_preset(plan: Plan, task_id: str, method_id: str, prior: Optional[str])
                             getattr(problem.operator, "task_family", None), spec.name,
                             None if sigma is None else sigma > 0)
     explicit = m["explicit"].get(task_id, m["explicit_all"])
-    return {"preset": None if chosen is None else chosen.id,
-            "knobs": resolve_knobs(spec, {**(chosen.knobs if chosen else {}), **explicit})}
+    knobs = resolve_knobs(spec, {**(chosen.knobs if chosen else {}), **explicit})
+    return {"preset": None if chosen is None else chosen.id, "knobs": knobs,
+            "sigma_y": explicit.get("sigma_y", sigma) if "sigma_y" in spec.defaults else None}
 
 
 def prepare(suite: Dict[str, Any], device=None, log=print) -> Plan:

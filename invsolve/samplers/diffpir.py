@@ -18,13 +18,16 @@ from .unconditional import ddim_grid
 
 
 @register_sampler("diffpir", knobs=dict(steps=STEPS,
-                                        lam=Float(0, doc="prior weight in rho_t = lam sigma_y² / sigma_t²"),
-                                        sigma_y=Float(0, doc="noise std of y (also the regularisation floor)"),
+                                        lam=Float(0, doc="prior weight in rho_t = lam max(sigma_y, sigma_floor)² / "
+                                                  "sigma_t²"),
+                                        sigma_y=Float(0, doc="noise std of y"),
+                                        sigma_floor=Float(0, doc="least noise level in rho_t (noiseless data still "
+                                                          "need a prior weight)"),
                                         zeta=Float(0, 1, doc="fraction (in variance) of fresh noise"),
                                         cg_iters=Int(1, doc="CG iterations of the proximal step")),
                   summary="DiffPIR: plug-and-play HQS, proximal data step argmin ||y-Az||² + rho_t ||z - x0_hat||²")
 @torch.no_grad()
-def diffpir(prior, op, y, *, generators, steps=100, lam=8.0, sigma_y=0.05, zeta=1.0, cg_iters=10,
+def diffpir(prior, op, y, *, generators, steps=100, lam=8.0, sigma_y=0.0, sigma_floor=0.05, zeta=1.0, cg_iters=10,
             progress=False) -> SamplerOutput:
     """DiffPIR on a pixel-space VP prior, any linear operator.
 
@@ -33,8 +36,10 @@ def diffpir(prior, op, y, *, generators, steps=100, lam=8.0, sigma_y=0.05, zeta=
         lam: prior weight ``lambda`` in ``rho_t = lam sigma_y² / sigma_t²`` (InverseBench default 8; the paper tunes
             it per task in roughly 1–10).
         sigma_y: noise std of ``y`` in the units the sampler sees (after ``solve``'s data scaling for
-            ``mri-brain``); also acts as the regularisation floor, so keep it > 0 for noiseless data
-            (InverseBench 0.05).
+            ``mri-brain``; :func:`invsolve.solve` passes it).
+        sigma_floor: the noise level in ``rho_t`` is ``max(sigma_y, sigma_floor)``: noiseless data still need a prior
+            weight (0.05, InverseBench's noise level; before ``sigma_floor`` existed ``sigma_y = 0.05`` played both
+            roles, and ``sigma_y <= 0.05`` still gives the same ``rho_t``).
         zeta: fraction (in variance) of fresh noise in the re-noising (1.0 = fully fresh; the paper uses ~0.3 for
             deblurring / SR and 1.0 for inpainting).
         cg_iters: CG iterations for the proximal step when the operator has no closed form (multi-coil MRI, CT,
@@ -46,8 +51,10 @@ def diffpir(prior, op, y, *, generators, steps=100, lam=8.0, sigma_y=0.05, zeta=
     """
     if not 0 <= zeta <= 1:
         raise ValueError(f"zeta must lie in [0, 1], got {zeta}")
-    if lam < 0 or sigma_y < 0:
-        raise ValueError(f"lam and sigma_y must be >= 0, got lam={lam}, sigma_y={sigma_y}")
+    if lam < 0 or sigma_y < 0 or sigma_floor < 0:
+        raise ValueError(f"lam, sigma_y and sigma_floor must be >= 0, got lam={lam}, sigma_y={sigma_y}, "
+                         f"sigma_floor={sigma_floor}")
+    sigma_n = max(sigma_y, sigma_floor)
     nfe0 = prior.nfe
     shape = (prior.channels,) + tuple(prior.image_size)
     x = randn(shape, generators, y.device)
@@ -55,7 +62,7 @@ def diffpir(prior, op, y, *, generators, steps=100, lam=8.0, sigma_y=0.05, zeta=
         x0, _ = prior.tweedie(x, t)
         z0 = prior.from_prior(x0)
         ab = float(prior.alpha_bar(t))
-        rho = lam * sigma_y**2 / (unit(prior) ** 2 * (1 - ab) / ab)
+        rho = lam * sigma_n**2 / (unit(prior) ** 2 * (1 - ab) / ab)
         x0c = prior.to_prior(z0 + pinv(op, y - op(z0), cg_iters, reg=rho))
         if t_next < 0:
             x = x0c

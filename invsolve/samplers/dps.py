@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import SamplerOutput, progress_bar, randn, register_sampler
+from ..noise_level import noise_floor
+from .base import SamplerOutput, bshape, progress_bar, randn, register_sampler
 from .knobs import STEPS, Choice, Float
 from .unconditional import ddim_grid
 
@@ -75,12 +76,14 @@ def _edm_step(prior, x, t, t_next, x0, n):
 @register_sampler("dps", knobs=dict(steps=STEPS, scale=Float(0, doc="step size on grad ||y - A(x0_hat)||"),
                                     clip=Float(0, low_open=True, optional=True, doc="clamp x0_hat to [-clip, clip]"),
                                     variance=Choice("betatilde", "beta", doc="ancestral noise variance"),
-                                    form=Choice("ddpm", "edm", doc="ancestral DDPM step or Euler-Maruyama VP-SDE")),
-                  requires="differentiable",
+                                    form=Choice("ddpm", "edm", doc="ancestral DDPM step or Euler-Maruyama VP-SDE"),
+                                    sigma_y=Float(0, doc="noise std of y: no guidance once ||y - A(x0_hat)|| is "
+                                                  "within the noise norm sigma_y sqrt(m) (0: always guide)")),
+                  requires="differentiable", neutral=("sigma_y",),
                   summary="Diffusion Posterior Sampling: ancestral DDPM + gradient of ||y - A(x0_hat)|| through "
                           "the network")
 def dps(prior, op, y, *, generators, steps=1000, scale=0.5, clip=1.0, variance="betatilde", form="ddpm",
-        progress=False) -> SamplerOutput:
+        sigma_y=0.0, progress=False) -> SamplerOutput:
     """DPS on a pixel-space VP prior, for any differentiable operator (linear or not).
 
     Args:
@@ -101,6 +104,11 @@ def dps(prior, op, y, *, generators, steps=1000, scale=0.5, clip=1.0, variance="
             used.
         form: ``"ddpm"`` (§4.1: ancestral posterior-mean step) or ``"edm"`` (§4.6: Euler–Maruyama step of the
             reverse VP-SDE with the denoiser's score; best with many steps, e.g. 1000).
+        sigma_y: noise std of ``y`` in the units the sampler sees (:func:`invsolve.solve` passes it). The data
+            term becomes ``max(||y - A(x0_hat)|| - tau, 0)`` with ``tau = sigma_y sqrt(m)`` the expected norm of the
+            noise over the ``m`` measured entries (Morozov's discrepancy principle): a sample whose residual is
+            already within the noise gets no guidance that step instead of being pushed to fit the noise. 0
+            (default): the released rule.
     Returns:
         operator-domain reconstruction ``A``-consistent up to the guidance; ``info["residual"]``: per-step
         residual norms ``(steps, B)``.
@@ -115,9 +123,12 @@ def dps(prior, op, y, *, generators, steps=1000, scale=0.5, clip=1.0, variance="
     shape = (prior.channels,) + tuple(prior.image_size)
     x = randn(shape, generators, y.device)
     residuals = []
+    tau = noise_floor(op, y, sigma_y) if sigma_y > 0 else None
     for t, t_next in progress_bar(ddim_grid(prior, steps), progress, "DPS", total=steps):
         x0, _, r, g = norm_grad(prior, op, y, x, t, clip)
         residuals.append(r)
+        if tau is not None:  # d max(||r|| - tau, 0) / dx: no step for samples already within the noise
+            g = g * bshape((r > tau).to(g.dtype), g)
         n = randn(shape, generators, y.device) if t_next >= 0 else torch.zeros_like(x)
         with torch.no_grad():
             if form == "ddpm":

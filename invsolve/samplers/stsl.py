@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import torch
 
+from ..noise_level import noise_floor
 from .base import SamplerOutput, progress_bar, randn, register_sampler
 from .knobs import STEPS, Choice, Float, Int
 from .psld import ddim_update, glue_term, initial_latent, needs_adjoint
@@ -96,13 +97,14 @@ STEP_RULES = ("polyak", "residual", "fixed")
     step=Choice(*STEP_RULES, doc="step rule"),
     cap=Float(0, low_open=True, inf_ok=True, doc="Polyak step cap, in PSLD steps"),
     init=Choice("adjoint", "pinv", "noise", doc="initial image"),
-    pinv_iters=Int(1, doc="CG iterations for A⁺ without a closed form")),
-                  requires="differentiable", latent_ok=True, version=2, neutral=("cap",),
+    pinv_iters=Int(1, doc="CG iterations for A⁺ without a closed form"),
+    sigma_y=Float(0, doc="noise std of y: the Polyak step aims at the noise level m sigma_y² (0: at zero)")),
+                  requires="differentiable", latent_ok=True, version=2, neutral=("cap", "sigma_y"),
                   adjoint_knobs=lambda k: needs_adjoint(k["init"], k["gluing"]),
                   summary="STSL: DDIM + N gradient steps per step on a data term at the Tweedie mean plus a "
                           "Hutchinson trace of the score Jacobian (second-order Tweedie; latent or pixel priors)")
 def stsl(prior, op, y, *, generators, steps=50, inner=2, lam=1.0, rho=1.0, eta=0.02, c=1.0, gluing=0.0,
-         step="polyak", cap=1.0, init="adjoint", pinv_iters=30, progress=False) -> SamplerOutput:
+         step="polyak", cap=1.0, init="adjoint", pinv_iters=30, sigma_y=0.0, progress=False) -> SamplerOutput:
     """STSL on a latent prior (or a pixel prior, with the prior's domain map as the decoder), linear operators.
 
     Args:
@@ -125,6 +127,11 @@ def stsl(prior, op, y, *, generators, steps=50, inner=2, lam=1.0, rho=1.0, eta=0
         init: initial image encoded and forward-diffused to the first step: ``"adjoint"`` (``Aᵀy``, the paper),
             ``"pinv"`` (``A⁺y``, better scaled for bicubic SR) or ``"noise"``.
         pinv_iters: CG iterations for ``A⁺`` (``init="pinv"``, gluing) where the operator has no closed form.
+        sigma_y: noise std of ``y`` in the units the sampler sees (:func:`invsolve.solve` passes it). Polyak's step
+            ``(f - f*) / ||∇f||²`` needs the optimal value ``f*``; with noise the data term at the truth is
+            ``lam m sigma_y²`` (``m`` measured entries), not 0, so the Polyak step aims there:
+            ``rho · lam (||r||² - m sigma_y²)₊ / ||∇L||²`` (no step once the residual is within the noise).
+            0 (default): aim at zero. The ``residual`` and ``fixed`` rules ignore it.
     Returns:
         operator-domain ``D(z_0)``; ``info["residual"]``: ``||y - A D(z0)||`` at the last inner iteration of each
         step ``(S, B)``; ``info["trace"]``: the Hutchinson estimates there (``eta > 0``).
@@ -145,6 +152,7 @@ def stsl(prior, op, y, *, generators, steps=50, inner=2, lam=1.0, rho=1.0, eta=0
     shape = tuple(z.shape[1:])
     d = z[0].numel()
     residuals, traces = [], []
+    floor2 = noise_floor(op, y, sigma_y) ** 2 if sigma_y > 0 and step == "polyak" else 0.0
     for t, t_next in progress_bar(grid, progress, "STSL", total=steps):
         for _ in range(int(inner)):
             with torch.enable_grad():
@@ -160,7 +168,8 @@ def stsl(prior, op, y, *, generators, steps=50, inner=2, lam=1.0, rho=1.0, eta=0
                     loss = loss + gluing * glue_term(prior, op, y, x0, z0, pinv_iters)
                 (g,) = torch.autograd.grad(loss.sum(), zt)
             if step == "polyak":  # capped at cap x PSLD's step: unbounded it overshoots where ||∇L|| << ||r||
-                size = torch.minimum(rho * lam * r2.detach() / g.flatten(1).abs().square().sum(1).clamp_min(1e-30),
+                excess = (r2.detach() - floor2).clamp_min(0)  # f - f*: the data term above the noise level
+                size = torch.minimum(rho * lam * excess / g.flatten(1).abs().square().sum(1).clamp_min(1e-30),
                                      0.5 * cap / (lam * r2.detach().sqrt()).clamp_min(1e-12))
             elif step == "residual":
                 size = rho / r2.detach().sqrt().clamp_min(1e-12)

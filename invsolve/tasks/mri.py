@@ -2,8 +2,11 @@
 
 Sources (``problem.source``):
 
-* ``example``: built-in held-out brain slices (``mni``: the held-out MNI152 slab; ``dipy``: dipy's real T1
-  slice, out of distribution), simulated 8-coil k-space with the chosen mask and noise.
+* ``example``: built-in slices no prior was trained on, simulated 8-coil k-space with the chosen mask and noise:
+  ``mni`` (the held-out MNI152 slab), the real slices of other subjects and scanners (out of distribution):
+  ``dipy`` (dipy's T1 coronal slice), ``matplotlib`` (matplotlib's sample head MRI), ``pydicom`` (pydicom's two
+  MR test images: a head crop and an abdomen), ``real`` (those four, in that order); and ``mni-validation``
+  (the MNI152 guard slices z = 94, 113, excluded from training and disjoint from the test slab: for tuning).
 * ``image``: a ground-truth image file (``.npy``/``.npz``, real or complex, ``(H, W)`` or ``(B, H, W)``);
   k-space is simulated as for examples.
 * ``kspace``: measured multi-coil k-space ``(Nc, H, W)`` / ``(B, Nc, H, W)`` from ``.npy``/``.npz`` (key
@@ -63,12 +66,14 @@ def _images_from_source(source, example, index, path, key, size):
 
     idx = [index] if isinstance(index, int) else list(index)
     if source == "example":
-        if example == "mni":
-            x, names = mri_data.heldout_slices(size, n=len(mri_data.HELDOUT_Z))
-        elif example == "dipy":
-            x, names = mri_data.dipy_slice(size)
-        else:
-            raise ValueError(f"problem.example must be 'mni' or 'dipy', got {example!r}")
+        loaders = {"mni": lambda: mri_data.heldout_slices(size, n=len(mri_data.HELDOUT_Z)),
+                   "dipy": lambda: mri_data.dipy_slice(size), "matplotlib": lambda: mri_data.matplotlib_slice(size),
+                   "pydicom": lambda: mri_data.pydicom_mr_slices(size),
+                   "real": lambda: mri_data.unseen_real_slices(size),
+                   "mni-validation": lambda: mri_data.validation_slices(size)}
+        if example not in loaders:
+            raise ValueError(f"problem.example must be one of {', '.join(repr(k) for k in loaders)}, got {example!r}")
+        x, names = loaders[example]()
         bad = [i for i in idx if not 0 <= i < x.shape[0]]
         if bad:
             raise ValueError(f"problem.index {bad} out of range: example {example!r} has {x.shape[0]} images")
