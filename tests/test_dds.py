@@ -136,9 +136,9 @@ def test_off_by_default_options_leave_the_evaluation_identity_unchanged():
     from invsolve.samplers.base import get_sampler, resolve_knobs
 
     spec = get_sampler("dds")
-    before = dict(steps=50, eta=0.85, sigma_y=None, dc="auto", gamma="auto", cg_iters=100, cg_tol=1e-3,
-                  renoise="reference", reproduce_reference_rhs=False, reference_complex_inner_product=False,
-                  reference_last_step=True)
+    before = dict(steps=50, eta=0.85, sigma_y=None, dc="auto", gamma="auto", cg_iters=400, cg_tol=1e-4,
+                  cg_precision="double", renoise="reference", reproduce_reference_rhs=False,
+                  reference_complex_inner_product=False, reference_last_step=True)
     assert spec.identity_knobs(resolve_knobs(spec, {})) == before
     assert spec.version == 2
     assert spec.identity_knobs(resolve_knobs(spec, {"clip": 1.0}))["clip"] == 1.0

@@ -13,8 +13,8 @@ from .base import SamplerOutput, bshape, progress_bar, randn, register_sampler
 from .knobs import STEPS, Any_, Bool, Choice, Float, Int, Mapping
 from .unconditional import ddim_grid
 
-CG_ITERS = 100  # registered defaults of the data-consistency CG (cap and relative tolerance), chosen on
-CG_TOL = 1e-3  # validation images (docs/samplers.md)
+CG_ITERS = 400  # registered defaults of the data-consistency CG (cap and relative tolerance), chosen on
+CG_TOL = 1e-4  # validation images (docs/samplers.md)
 
 
 def data_consistency(op, y, z0, *, mode: str = "prox", gamma: float = 1.0, cg_iters: int = 5,
@@ -80,10 +80,22 @@ def choose_data_consistency(prior, t: int, y: torch.Tensor, *, sigma_y, dc: str 
     return s2 / r2
 
 
-def solve_data_consistency(op, AHy, z0, lam: float, *, cg_iters: int, cg_tol, reference_complex_inner_product=False):
+def solve_data_consistency(op, AHy, z0, lam: float, *, cg_iters: int, cg_tol, reference_complex_inner_product=False,
+                           precision: str = "single"):
     """CG on ``(AᴴA + lam I) u = Aᴴy + lam z0`` warm-started at ``z0`` (per sample, at most ``cg_iters`` iterations,
     stopping once the residual is ``cg_tol`` times the initial one, ``||r_k|| <= cg_tol ||r_0||``, when ``cg_tol`` is
-    set). Returns the :class:`~invsolve.linalg.CGResult`."""
+    set; then the iterate with the smallest residual is returned and a sample whose residual grows past 10 times
+    its best stops: on 16-view CT the last steps start almost consistent, never reach the tolerance, and 400
+    iterations broke CG down (the residual grew 40-fold and the image was lost)). ``precision="double"`` runs the
+    iteration in float64 / complex128 and returns ``x`` in ``z0``'s dtype. Returns the
+    :class:`~invsolve.linalg.CGResult`."""
+    dtype = z0.dtype
+    if precision == "double" and dtype in (torch.float32, torch.complex64):
+        wide = torch.complex128 if z0.is_complex() else torch.float64
+        res = solve_data_consistency(op, AHy.to(wide), z0.to(wide), lam, cg_iters=cg_iters, cg_tol=cg_tol,
+                                     reference_complex_inner_product=reference_complex_inner_product)
+        res.x = res.x.to(dtype)
+        return res
     if isinstance(lam, torch.Tensor):  # per sample
         lam = bshape(lam.to(device=z0.device, dtype=z0.real.dtype), z0) if bool((lam > 0).any()) else 0.0
     if isinstance(lam, torch.Tensor) or lam:
@@ -93,7 +105,7 @@ def solve_data_consistency(op, AHy, z0, lam: float, *, cg_iters: int, cg_tol, re
             return op.normal(v) + lam * v
     else:
         b, K = AHy, op.normal
-    return cg(K, b, z0, max_iter=cg_iters, tol=cg_tol, tol_reference="initial",
+    return cg(K, b, z0, max_iter=cg_iters, tol=cg_tol, tol_reference="initial", keep_best=cg_tol is not None,
               reference_complex_inner_product=reference_complex_inner_product)
 
 
@@ -117,8 +129,10 @@ def _warm_start(prior, op, y, n, t0, init, init_knobs):
     gamma=Float(0, low_open=True, also=("auto",), doc="proximal weight: (I + gamma AᴴA) u = x0_hat + gamma Aᴴy; "
                 "'auto': gamma_t = Var[x0|x_t] / sigma_y² per step"),
     cg_iters=Int(1, doc="most CG iterations per step (M)"),
-    cg_tol=Float(0, low_open=True, optional=True, doc="relative CG tolerance ||r|| <= tol ||b|| per sample "
+    cg_tol=Float(0, low_open=True, optional=True, doc="relative CG tolerance ||r_k|| <= tol ||r_0|| per sample "
                  "(None: exactly cg_iters iterations)"),
+    cg_precision=Choice("double", "single", doc="CG arithmetic: float64 (single precision loses conjugacy within a "
+                        "few hundred iterations on ill-conditioned systems) or the data's float32"),
     renoise=Choice("reference", "ddim", doc="re-noising rule: the released code's or textbook DDIM-eta"),
     reproduce_reference_rhs=Bool("reproduce the released code's complex right-hand side quirk"),
     reference_complex_inner_product=Bool("reproduce the released code's unconjugated CG inner product"),
@@ -131,7 +145,7 @@ def _warm_start(prior, op, y, n, t0, init, init_knobs):
                   neutral=("clip", "init", "init_knobs", "t_start"), version=2)
 @torch.no_grad()
 def dds(prior, op, y, *, generators, steps=50, eta=0.85, sigma_y=None, dc="auto", gamma="auto", cg_iters=CG_ITERS,
-        cg_tol=CG_TOL, renoise="reference",
+        cg_tol=CG_TOL, cg_precision="double", renoise="reference",
         reproduce_reference_rhs=False, reference_complex_inner_product=False, reference_last_step=True,
         clip=None, init=None, init_knobs=None, t_start=1.0, progress=False) -> SamplerOutput:
     """DDS on a pixel-space VP prior.
@@ -152,9 +166,14 @@ def dds(prior, op, y, *, generators, steps=50, eta=0.85, sigma_y=None, dc="auto"
             posterior variance ``r_t² = unit² (1 - abar_t)`` of ``x0`` given ``x_t`` over the noise variance ``s²``
             per real component. A numeric ``gamma`` fixes it (the released DDS: ``dc="prox", gamma=1.0,
             cg_iters=5, cg_tol=None``); ``dc="normal"`` forces the normal equations.
-        cg_iters: at most this many CG iterations per step and sample (M; default 100).
-        cg_tol: relative tolerance ``||b - K u|| <= cg_tol ||b||`` per sample (default 1e-3; samples that reach it
-            stop early); ``None`` runs exactly ``cg_iters`` iterations with no host synchronisation.
+        cg_iters: at most this many CG iterations per step and sample (M; default 400).
+        cg_tol: stop a sample's CG once its residual is ``cg_tol`` times the initial one (default 1e-4);
+            ``None`` runs exactly ``cg_iters`` iterations with no host synchronisation. Noiseless data want the
+            normal equations solved well: on the validation slices (4x MRI, 50 steps) 100 / 200 / 400 fixed
+            iterations gave 32.9 / 34.5 / 36.5 dB and the default 35.4 dB at 111 iterations on average.
+        cg_precision: ``"double"`` (default) runs the CG in float64 / complex128 (the network stays in float32):
+            in float32, 400 iterations on 16-view CT lost conjugacy and the data residual grew again (a validation
+            phantom: 0.019 at 200, 0.036 at 400 iterations; float64: 0.015, 0.006); ``"single"`` keeps float32.
         reproduce_reference_rhs / reference_complex_inner_product: switches that reproduce two quirks of the
             released code for complex MRI (ALGORITHMS.md §1.3–1.4); off by default (correct math).
         reference_last_step: as released, jump straight to ``x0_c`` at ``t_next = 0`` (no renoising to t = 0).
@@ -207,7 +226,8 @@ def dds(prior, op, y, *, generators, steps=50, eta=0.85, sigma_y=None, dc="auto"
                                    reference_complex_inner_product=reference_complex_inner_product)
         else:
             res = solve_data_consistency(op, AHy, prior.from_prior(x0_hat), lam, cg_iters=cg_iters, cg_tol=cg_tol,
-                                         reference_complex_inner_product=reference_complex_inner_product)
+                                         reference_complex_inner_product=reference_complex_inner_product,
+                                         precision=cg_precision)
         residuals.append(res.residual_norm)
         iterations.append(res.iterations)
         lams.append(lam.tolist() if isinstance(lam, torch.Tensor) else lam)
