@@ -35,10 +35,15 @@ def test_kspace_estimate_tracks_the_added_noise(brain_test_images, acc):
         assert torch.allclose(est, torch.full_like(est, sigma), rtol=0.2), (acc, sigma, est)
     op, y = _mri(x, acc, 0.0)
     est, method = noise_level.estimate_sigma_y(op, y)
-    # noiseless: what remains is signal that looks like noise; at 4x the least-squares residual vanishes
-    assert bool((est < (1e-3 if acc == 4 else 0.015)).all()), (acc, est, method)
+    # noiseless: at 4x the least-squares residual is below the detection floor (noiseless); at 8x what remains is
+    # signal that looks like noise
     if acc == 4:
-        assert "least-squares" in method
+        assert bool((est == 0).all()) and "least-squares" in method and "noiseless" in method, (est, method)
+        op, y = _mri(x, acc, 0.005)
+        est, _ = noise_level.estimate_sigma_y(op, y)
+        assert torch.allclose(est, torch.full_like(est, 0.005), rtol=0.25), est
+    else:
+        assert bool((est < 0.015).all()), (acc, est, method)
 
 
 def test_image_estimate_is_donohos_mad_and_ignores_missing_pixels():
