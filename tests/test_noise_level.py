@@ -107,12 +107,26 @@ def test_items_with_different_noise_run_as_if_alone(brain_test_images, mri_prior
     assert both.config["knobs"]["sigma_y"] == [0.03, 0.06]
 
 
-def test_unknown_noise_warns_once_and_names_the_default(mri_prior):
-    noise_level._WARNED.discard("ct/ddnm")
+def test_sinogram_estimate_on_validation_phantoms():
+    from invsolve.data.ct import sample_phantoms
+
     op = ParallelBeamCT(64, sparse_view_angles(16))
-    y = op(torch.rand(1, 1, 64, 64))
-    with pytest.warns(UserWarning, match=r"no estimator for ct data\): ddnm uses its default sigma_y=0.0"):
-        res = inv.solve(y, op, prior="ct-phantom", sampler="ddnm", steps=2)
+    y = op(sample_phantoms(4, 64, torch.Generator().manual_seed(1234)))
+    est, method = noise_level.estimate_sigma_y(op, y)
+    assert bool((est == 0).all()) and "noiseless" in method, est  # below the detection floor
+    noisy = y + 0.2 * torch.randn(y.shape, generator=torch.Generator().manual_seed(0))
+    est, _ = noise_level.estimate_sigma_y(op, noisy)
+    assert torch.allclose(est, torch.full_like(est, 0.2), rtol=0.25), est
+
+
+def test_unknown_noise_warns_once_and_names_the_default():
+    from invsolve.operators import SuperResolution
+
+    noise_level._WARNED.discard("sr/ddnm")
+    op = SuperResolution(4, "bicubic", image_size=64)
+    y = op(torch.rand(1, 3, 64, 64))
+    with pytest.warns(UserWarning, match=r"no estimator for sr data\): ddnm uses its default sigma_y=0.0"):
+        res = inv.solve(y, op, prior="natural", sampler="ddnm", steps=2)
     assert res.config["sigma_y"]["source"] == "unknown" and res.config["knobs"]["sigma_y"] == 0.0
 
 
