@@ -212,7 +212,8 @@ def tune_imaging(steps):
     """Validation photo crops (8 crops of the TRAINING photos, never the held-out ones): baselines and DDS knobs."""
     from invsolve.data.base import build_train_source
     from invsolve.operators.blur import Blur, gaussian_kernel
-    from invsolve.operators.sampling import Inpainting, SuperResolution, random_mask
+    from invsolve.operators.inpainting import Inpainting, random_mask
+    from invsolve.operators.resolution import SuperResolution
 
     x = (build_train_source("natural", image_size=64).sample(8, torch.Generator().manual_seed(1234), "cpu") + 1) / 2
     prior = inv.load_prior("natural")
@@ -247,7 +248,7 @@ def tune_imaging(steps):
 def tune_inpaint_warm(steps):
     """Validation crops, 50 % inpainting: DDS from noise vs warm-started from the harmonic fill, mean of 8."""
     from invsolve.data.base import build_train_source
-    from invsolve.operators.sampling import Inpainting, random_mask
+    from invsolve.operators.inpainting import Inpainting, random_mask
 
     x = (build_train_source("natural", image_size=64).sample(8, torch.Generator().manual_seed(1234), "cpu") + 1) / 2
     op = Inpainting(random_mask((64, 64), 0.5, seed=0))
@@ -271,7 +272,7 @@ def tune_inpaint_samples(steps):
     among the rows costing at most 400 network calls per image (the from-noise mean of 8's budget).
     """
     from invsolve.data.base import build_train_source
-    from invsolve.operators.sampling import Inpainting, random_mask
+    from invsolve.operators.inpainting import Inpainting, random_mask
 
     x = (build_train_source("natural", image_size=64).sample(8, torch.Generator().manual_seed(1234), "cpu") + 1) / 2
     op = Inpainting(random_mask((64, 64), 0.5, seed=0))

@@ -8,12 +8,12 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from . import checks
+from . import checks, noise_level, presets
 from ._measure import Measure
 from .errors import DTypeError, InvalidValueError, InvsolveError, ShapeError
 from .operators.base import Operator
 from .priors import Prior, load_prior
-from .samplers.base import check_compatible, get_sampler, resolve_knobs
+from .samplers.base import SamplerOutput, check_compatible, get_sampler, resolve_knobs
 
 
 @dataclass
@@ -95,7 +95,7 @@ def estimate_scale(op, y: torch.Tensor, iterations: int = 10, q: float = 0.99) -
 def solve(y, operator: Operator, prior: Union[str, Prior, None] = None, sampler: str = "dds",
           steps: Optional[int] = None, seed: Union[int, Sequence[int]] = 0, num_samples: int = 1,
           device=None, *, data_scale: Union[str, float, None] = "auto", progress: bool = False,
-          **knobs) -> Result:
+          sigma_y=None, preset: Union[None, bool, str] = None, **knobs) -> Result:
     """Reconstruct ``x`` from ``y = A(x) + noise`` with a diffusion prior (or a classical method).
 
     Args:
@@ -115,6 +115,16 @@ def solve(y, operator: Operator, prior: Union[str, Prior, None] = None, sampler:
             reconstruction's 99th-percentile magnitude is 1 (estimated by a short CG solve), and scales the result
             back; a number sets the scale; ``None`` disables it. Priors with a fixed physical range ignore it.
         progress: show a progress bar.
+        sigma_y: noise std of ``y`` in ``y``'s units (complex data: total variance ``sigma_y²`` per entry), a number
+            or one per item. It reaches every sampler with a ``sigma_y`` option (DDS, DDNM+, ΠGDM, DiffPIR, DPS,
+            STSL, EnKG), divided by the data scale when ``y`` is rescaled for the prior. ``None``: estimated from
+            ``y`` where a standard estimator exists for the operator's family (:mod:`invsolve.noise_level`),
+            otherwise each sampler keeps its default (a warning says which). ``Result.config["sigma_y"]`` records
+            the value used and where it came from.
+        preset: tuned settings of an embedded prior (:mod:`invsolve.presets`): ``None`` (default) applies the
+            preset for this prior, operator family, sampler and noise level if there is one; ``False`` turns
+            presets off; a preset id selects one. Registered defaults < preset < ``**knobs``.
+            ``Result.config["preset"]`` records the preset applied (its id and options) or ``None``.
         **knobs: sampler options (e.g. ``eta``, ``cg_iters``, ``gamma`` for DDS); unknown names are errors.
 
     Returns:
@@ -129,6 +139,9 @@ def solve(y, operator: Operator, prior: Union[str, Prior, None] = None, sampler:
     kn = resolve_knobs(spec, knobs, steps=steps)
     checks.nested_sampler(spec, kn, f"sampler {sampler!r}: ")
     seed = checks.check_seeds(seed, None)
+    if preset is not None and not isinstance(preset, (bool, str)):
+        raise InvalidValueError(f"preset={preset!r} is not accepted; expected None (look one up), False (off) or a "
+                                f"preset id (see invsolve.presets.available())")
     dev = _default_device(device)
     if not (data_scale is None or data_scale == "auto" or (isinstance(data_scale, (int, float))
                                                             and not isinstance(data_scale, bool)
@@ -145,6 +158,7 @@ def solve(y, operator: Operator, prior: Union[str, Prior, None] = None, sampler:
     B = y.shape[0]
     seeds = _seeds(seed, B, num_samples)
     operator = _with_output_shape(operator, y)
+    sig_arg = noise_level.check_sigma_y(sigma_y, B)
 
     pr = None
     if spec.needs_prior:
@@ -166,9 +180,24 @@ def solve(y, operator: Operator, prior: Union[str, Prior, None] = None, sampler:
     if scale is not None:
         y_dev = y_dev / scale.reshape((-1,) + (1,) * (y_dev.dim() - 1)).to(y_dev.dtype)
 
+    prior_name = None if pr is None else pr.name
+    family = getattr(operator, "task_family", None)
+    uses_sigma = "sigma_y" in spec.defaults
+    level = noise_level.NoiseLevel(None, "not needed")
+    if sig_arg is not None:  # y's units -> the sampler's (per sample row)
+        rows = sig_arg.repeat_interleave(num_samples)
+        level = noise_level.NoiseLevel(rows if scale is None else rows / scale.double().cpu(), "argument")
+    elif uses_sigma or presets.needs_noise(prior_name, family, spec.name):
+        level = noise_level.resolve(op, y_dev, None, sampler=spec.name if uses_sigma else None,
+                                    sampler_default=spec.defaults.get("sigma_y"))
+    chosen = presets.select(preset, prior_name, family, spec.name, level.noisy)
+    if chosen is not None:
+        # registered defaults < preset < the user's options
+        kn = resolve_knobs(spec, {**chosen.knobs, **knobs}, steps=steps)
+    sig_rows = level.sigma if uses_sigma else None
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     with Measure(dev) as m:
-        out = spec.fn(pr, op, y_dev, generators=gens, progress=progress, **kn)
+        out = _run_sampler(spec, pr, op, y_dev, gens, progress, kn, sig_rows)
     x = out.x
     if scale is not None:
         x = x * scale.reshape((-1,) + (1,) * (x.dim() - 1)).to(x.dtype)
@@ -176,14 +205,63 @@ def solve(y, operator: Operator, prior: Union[str, Prior, None] = None, sampler:
     if num_samples > 1:
         samples = x.reshape((B, num_samples) + tuple(x.shape[1:]))
         x = samples.mean(dim=1)
+    if sig_rows is not None:  # the level the sampler ran with (sampler units; per item when they differ)
+        per_item = [float(v) for v in sig_rows[::num_samples]]
+        kn = {**kn, "sigma_y": per_item[0] if len(set(per_item)) == 1 else per_item}
     config = {
         "sampler": sampler, "knobs": kn, "prior": None if pr is None else pr.name, "seeds": seeds,
         "num_samples": num_samples, "device": str(dev), "operator": type(operator).__name__,
         "data_scale": None if scale is None else scale.reshape(B, num_samples)[:, 0].tolist(),
+        "sigma_y": _sigma_record(level, scale, B, num_samples, uses_sigma),
+        "preset": None if chosen is None else chosen.record(),
         "torch": torch.__version__,
     }
     return Result(x=x, samples=samples, nfe=out.nfe,
                   seconds=m.seconds, peak_memory=m.peak_memory, config=config, info=out.info)
+
+
+def _rows(op: Operator, a: int, b: int) -> Operator:
+    """The operator of batch rows ``a:b`` (per-row buffers sliced; shared ones kept)."""
+    B = op.batch_size()
+    if B is None:
+        return op
+    sub = copy.deepcopy(op)
+    for mod in sub.modules():
+        for name, buf in list(mod._buffers.items()):
+            if buf is not None and buf.dim() > 0 and buf.shape[0] == B:
+                mod._buffers[name] = buf[a:b].clone()
+    return sub
+
+
+def _run_sampler(spec, pr, op, y, gens, progress, kn, sigma):
+    """Run the sampler with ``sigma_y`` (sampler units, one per row, or ``None``); rows with different levels run
+    as separate calls (a sampler takes one ``sigma_y``; rows are independent, so the results are the same)."""
+    if sigma is None:
+        return spec.fn(pr, op, y, generators=gens, progress=progress, **kn)
+    groups, start = [], 0
+    for i in range(1, len(sigma) + 1):
+        if i == len(sigma) or float(sigma[i]) != float(sigma[start]):
+            groups.append((start, i))
+            start = i
+    outs = []
+    for a, b in groups:
+        k = {**kn, "sigma_y": spec.knob_specs["sigma_y"].check(float(sigma[a]), f"sampler {spec.name!r}: sigma_y")}
+        o = op if len(groups) == 1 else _rows(op, a, b)
+        outs.append(spec.fn(pr, o, y[a:b], generators=gens[a:b], progress=progress, **k))
+    if len(outs) == 1:
+        return outs[0]
+    return SamplerOutput(x=torch.cat([o.x for o in outs]), nfe=max(o.nfe for o in outs),
+                         info={"rows": [list(g) for g in groups], "per_group": [o.info for o in outs]})
+
+
+def _sigma_record(level, scale, B: int, num_samples: int, uses_sigma: bool) -> Dict[str, Any]:
+    """``Result.config["sigma_y"]``: per item, in y's units and the sampler's, and its source."""
+    rec = level.record(scale)
+    for k in ("value", "sampler_units"):
+        if rec[k] is not None:
+            rec[k] = rec[k][::num_samples][:B]
+    rec["used_by_sampler"] = uses_sigma
+    return rec
 
 
 def _default_prior(operator: Operator) -> str:

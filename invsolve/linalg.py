@@ -64,6 +64,8 @@ def cg(
     max_iter: int = 5,
     tol: Optional[float] = None,
     reference_complex_inner_product: bool = False,
+    tol_reference: str = "rhs",
+    keep_best: bool = False,
 ) -> CGResult:
     """Solve ``K x = b`` for a batch of Hermitian positive (semi-)definite systems.
 
@@ -76,6 +78,11 @@ def cg(
             ``max_iter`` iterations with no host synchronisation (GPU-friendly; CUDA-graph safe). With a
             tolerance, converged samples are frozen (they get exactly the result they would get alone) and the
             loop exits early once all have converged (one host sync per iteration).
+        tol_reference: what ``tol`` is relative to: ``"rhs"`` (``||b||``, default) or ``"initial"`` (the initial
+            residual ``||b - K x0||``: reduce it by the factor ``tol``, the natural test for a warm start).
+        keep_best: return each sample's iterate with the smallest (recursive) residual, and with ``tol`` stop a
+            sample whose residual has grown past 10 times its best: a safeguard for long runs where rounding
+            (an operator whose adjoint is exact only to float32) breaks CG down and the residual grows again.
         reference_complex_inner_product: use the unconjugated bilinear form ``sum r_i^2`` of the DDS
             reference code (complex-symmetric COCG) instead of Hermitian CG. Only for reproducing published
             numbers.
@@ -85,6 +92,8 @@ def cg(
     """
     if max_iter < 0:
         raise ValueError(f"max_iter must be >= 0, got {max_iter}")
+    if tol_reference not in ("rhs", "initial"):
+        raise ValueError(f"tol_reference must be 'rhs' or 'initial', got {tol_reference!r}")
     dot = _bilinear if reference_complex_inner_product else _dot
     x = torch.zeros_like(b) if x0 is None else x0.clone()
     r = b - K(x) if x0 is not None else b.clone()
@@ -93,11 +102,14 @@ def cg(
     bnorm = _dot(b, b).sqrt()
     rnorm = _dot(r, r).sqrt()
     history = [rnorm]
+    if tol_reference == "initial":
+        bnorm = rnorm
     iters = torch.zeros(b.shape[0], dtype=torch.int64, device=b.device)
     active = torch.ones(b.shape[0], dtype=torch.bool, device=b.device)
     if tol is not None:
         active = rnorm > tol * bnorm
     hermitian = dot is _dot  # then rr = ||r||² and the residual norm needs no extra reduction
+    best_x, best = (x.clone(), rnorm.clone()) if keep_best else (None, None)
     for _ in range(max_iter):
         if tol is not None and not bool(active.any()):
             break
@@ -121,8 +133,16 @@ def cg(
             rnorm = torch.where(active, rnorm_new, rnorm)
         iters = iters + active.to(torch.int64)
         history.append(rnorm)
+        if keep_best:
+            better = rnorm < best
+            best_x = torch.where(_bcast(better, b), x, best_x)
+            best = torch.where(better, rnorm, best)
         if tol is not None:
             active = active & (rnorm > tol * bnorm)
+            if keep_best:
+                active = active & (rnorm <= 10 * best)
+    if keep_best:
+        return CGResult(x=best_x, iterations=iters, residual_norm=best, history=torch.stack(history))
     return CGResult(x=x, iterations=iters, residual_norm=rnorm, history=torch.stack(history))
 
 

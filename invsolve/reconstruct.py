@@ -33,7 +33,7 @@ from .errors import ConfigError, InvalidValueError, UnknownNameError
 DEFAULTS: Dict[str, Any] = {
     "problem": {},
     "solver": {"prior": None, "sampler": "dds", "steps": None, "seed": 0, "num_samples": 1, "device": None,
-               "data_scale": "auto", "options": {}},
+               "data_scale": "auto", "preset": None, "options": {}},
     "baselines": None,
     "output": {"dir": None, "overwrite": False, "figure": True},
 }
@@ -116,6 +116,13 @@ def preflight(cfg) -> Dict[str, Any]:
                                 f"baselines=[adjoint,cg], [] for none, or null for the task's defaults")
     # every options section is validated now, also those of the task's default baselines (known once it is built)
     base_knobs = {b: _sampler_knobs(all_options, b) for b in sorted(set(baselines or []) | set(all_options))}
+    options = _sampler_options(all_options, sv.sampler)  # what the user set (validated above)
+    if "steps" in knobs and sv.steps is not None:
+        options["steps"] = knobs["steps"]
+    preset = sv.get("preset")
+    if preset is not None and not isinstance(preset, (bool, str)):
+        raise InvalidValueError(f"solver.preset={preset!r} is not accepted; expected null (look one up), false (off) "
+                                f"or a preset id (invsolve.presets.available())")
     prior = sv.prior
     if spec.needs_prior and prior is not None:
         if not isinstance(prior, str):
@@ -136,7 +143,9 @@ def preflight(cfg) -> Dict[str, Any]:
     checks.writable_dir(out, "output.dir")
     return {
         "problem": {"task": cfg.problem.task, **problem}, "knobs": knobs, "baselines": baselines,
-        "baseline_knobs": base_knobs, "seed": checks.check_seed(sv.seed, "solver.seed"),
+        "baseline_knobs": base_knobs, "options": options, "preset": preset,
+        "baseline_options": {b: _sampler_options(all_options, b) for b in base_knobs},
+        "seed": checks.check_seed(sv.seed, "solver.seed"),
         "num_samples": checks.check_count(sv.num_samples, "solver.num_samples"),
         "device": checks.check_device(sv.device, "solver.device"), "requested_dir": out,
         "output_dir": out if cfg.output.overwrite else _fresh_dir(out),
@@ -167,12 +176,14 @@ def run(cfg, progress: bool = True) -> Dict[str, Any]:
     check_methods(problem, pre, sv.sampler)
     B = problem.y.shape[0]
     seed = pre["seed"] if problem.joint else [pre["seed"]] * B  # a volume's slices: seed + slice index
-    res = solve(problem.y, problem.operator, prior=sv.prior, sampler=sv.sampler, seed=seed,
-                num_samples=pre["num_samples"], device=pre["device"], data_scale=sv.data_scale, progress=progress,
-                **pre["knobs"])
+    preset = pre["preset"]
+    # only the user's options are passed: solve() adds the preset and the registered defaults under them
+    res = _solve(solve, problem, pre["options"], sampler=sv.sampler, prior=sv.prior, seed=seed,
+                 num_samples=pre["num_samples"], device=pre["device"], data_scale=sv.data_scale, progress=progress,
+                 preset=preset)
     baselines = problem.default_baselines if pre["baselines"] is None else pre["baselines"]
-    base_res = {b: solve(problem.y, problem.operator, sampler=b, device=pre["device"],
-                         **pre["baseline_knobs"].get(b, {})) for b in baselines}
+    base_res = {b: _solve(solve, problem, pre["baseline_options"].get(b, {}), sampler=b, device=pre["device"],
+                          preset=False if preset is False else None) for b in baselines}
 
     metrics: Dict[str, Any] = {}
     signed = _signed_field(problem)
@@ -222,6 +233,19 @@ def run(cfg, progress: bool = True) -> Dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return record
+
+
+def _solve(solve, problem, options: Dict[str, Any], **kw):
+    """``solve`` on the problem: the noise level is the problem's (``problem.noise_sigma`` of simulated data) unless
+    the sampler's options set ``sigma_y``, which wins (both in ``y``'s units); presets apply unless ``solver.preset``
+    is false or names one."""
+    options = dict(options)
+    source = "sampler option (solver.options)" if "sigma_y" in options else "problem (problem.noise_sigma)"
+    sigma_y = options.pop("sigma_y", problem.sigma_y)
+    res = solve(problem.y, problem.operator, sigma_y=sigma_y, **kw, **options)
+    if res.config.get("sigma_y", {}).get("source") == "argument":
+        res.config["sigma_y"]["source"] = source
+    return res
 
 
 def _sampler_options(options: Dict[str, Any], sampler: str) -> Dict[str, Any]:

@@ -45,7 +45,7 @@ def test_unknown_config_key_exits_nonzero_without_traceback(tmp_path):
 
 
 def test_sampler_knob_overrides_beyond_the_file_are_validated_by_the_sampler(tmp_path, capsys):
-    """The file sets dds.{eta,cg_iters,gamma}; dds.dc may still be overridden, a misspelt knob is an error."""
+    """The file sets no sampler options; dds.dc may still be overridden, a misspelt knob is an error."""
     args = ["reconstruct", "--no-progress", CFG, "solver.steps=2", "problem.index=[0]"]
     assert main(args + ["solver.options.dds.dc=normal", f"output.dir={tmp_path / 'a'}"]) == 0
     rec = json.loads((tmp_path / "a" / "run.json").read_text())

@@ -131,9 +131,9 @@ def test_dds_warm_start_runs_the_tail_of_the_grid_from_the_classical_estimate():
 
 
 def test_off_by_default_options_leave_the_evaluation_identity_unchanged():
-    """Stored evaluation results stay valid: DDS at its defaults hashes like before clip/init/t_start existed,
-    and setting one of them changes the identity."""
-    from invsolve.eval.identity import identity_knobs
+    """DDS at its defaults hashes without the off-by-default options (clip/init/t_start), and setting one of them
+    changes the identity. Version 2 (the noise-aware data consistency) re-runs results of the released defaults."""
+    from invsolve.eval.identity import VERSION, identity_knobs
     from invsolve.samplers.base import get_sampler, resolve_knobs
 
     spec = get_sampler("dds")
@@ -141,8 +141,10 @@ def test_off_by_default_options_leave_the_evaluation_identity_unchanged():
     def ident(**kw):
         return identity_knobs("dds", spec.defaults, resolve_knobs(spec, kw))
 
-    before = dict(steps=50, eta=0.85, cg_iters=5, gamma=1.0, dc="prox", renoise="reference",
-                  reproduce_reference_rhs=False, reference_complex_inner_product=False, reference_last_step=True)
+    before = dict(steps=50, eta=0.85, sigma_y=None, dc="auto", gamma="auto", cg_iters=400, cg_tol=1e-4,
+                  cg_precision="double", renoise="reference", reproduce_reference_rhs=False,
+                  reference_complex_inner_product=False, reference_last_step=True)
     assert ident() == before
+    assert VERSION["dds"] == 2
     assert ident(clip=1.0)["clip"] == 1.0
     assert "t_start" in ident(init="wiener", t_start=0.3)

@@ -50,9 +50,9 @@ def test_defaults_come_from_the_signature_and_describe_lists_every_option():
     assert spec.defaults == signature_defaults(spec.fn)
     d = spec.describe()
     assert set(d) == set(spec.defaults)
-    assert d["gamma"]["accepts"] == "a number > 0" and d["eta"]["accepts"] == "a number in [0, 1]"
+    assert d["gamma"]["accepts"] == "'auto' or a number > 0" and d["eta"]["accepts"] == "a number in [0, 1]"
     assert d["clip"]["accepts"] == "None or a number > 0"
-    assert d["dc"]["accepts"] == "one of 'prox', 'normal' or a callable"
+    assert d["dc"]["accepts"] == "one of 'auto', 'prox', 'normal' or a callable"
 
 
 def test_ints_are_promoted_for_float_knobs_and_integral_floats_for_int_knobs():

@@ -164,6 +164,17 @@ def heldout_slices(size: int = 64, n: int = 8, seed: int = 1234) -> Tuple[torch.
     return to_complex(mag, smooth_phase(n, size, g, "cpu")), [f"mni-z{k}" for k in z]
 
 
+VALIDATION_Z = (HELDOUT_Z[0] - 2, HELDOUT_Z[-1] + 2)  # guard slices: neither trained on nor in the test slab
+
+
+def validation_slices(size: int = 64, seed: int = 99) -> Tuple[torch.Tensor, List[str]]:
+    """The tuning images: MNI152 guard slices z = 94, 113 (excluded from training by the guard margin, disjoint from
+    the held-out test slab), complex ``(2, 1, size, size)`` with smooth random phase (seed 99) + names."""
+    mag = axial_slices(list(VALIDATION_Z), size)
+    g = torch.Generator().manual_seed(seed)
+    return to_complex(mag, smooth_phase(len(VALIDATION_Z), size, g, "cpu")), [f"mni-z{k}" for k in VALIDATION_Z]
+
+
 def dipy_slice(size: int = 64, seed: int = 4321) -> Tuple[torch.Tensor, List[str]]:
     """dipy's real T1 coronal slice (another subject/scanner; out of distribution), complex ``(1, 1, size, size)``."""
     try:
@@ -177,3 +188,54 @@ def dipy_slice(size: int = 64, seed: int = 4321) -> Tuple[torch.Tensor, List[str
     mag = _resize(torch.from_numpy(_square(arr))[None, None], size).clamp_min(0)
     g = torch.Generator().manual_seed(seed)
     return to_complex(mag, smooth_phase(1, size, g, "cpu")), ["dipy-t1-coronal"]
+
+
+def _complex_slice(arr: np.ndarray, size: int, seed: int) -> torch.Tensor:
+    """A real magnitude image ``(H, W)`` -> square (zero-padded), antialiased resize, smooth random phase
+    (seeded), normalised by :func:`robust_scale`; complex64 ``(1, 1, size, size)``."""
+    mag = _resize(torch.from_numpy(_square(np.asarray(arr, dtype=np.float32)))[None, None], size).clamp_min(0)
+    g = torch.Generator().manual_seed(seed)
+    return to_complex(mag, smooth_phase(1, size, g, "cpu"))
+
+
+def matplotlib_slice(size: int = 64, seed: int = 5432) -> Tuple[torch.Tensor, List[str]]:
+    """matplotlib's sample head MRI ``s1045.ima.gz`` (256x256 uint16, a sagittal head slice with skull and scalp;
+    another subject and contrast: out of distribution), complex ``(1, 1, size, size)`` with smooth random phase."""
+    import gzip
+
+    try:
+        from matplotlib import cbook
+    except ImportError as e:
+        raise missing_extra("matplotlib", "data", "The matplotlib sample head MRI") from e
+    with cbook.get_sample_data("s1045.ima.gz") as f:
+        raw = f.read()
+    if raw[:2] == b"\x1f\x8b":  # some matplotlib versions hand back the still-compressed file
+        raw = gzip.decompress(raw)
+    arr = np.frombuffer(raw, np.uint16).reshape(256, 256).astype(np.float32)
+    return _complex_slice(arr, size, seed), ["matplotlib-s1045"]
+
+
+PYDICOM_MR_FILES = ("MR_small.dcm", "examples_overlay.dcm")  # the two distinct MR images among pydicom's test files
+
+
+def pydicom_mr_slices(size: int = 64, seed: int = 6543) -> Tuple[torch.Tensor, List[str]]:
+    """The two distinct MR images shipped with pydicom's test files (on disk, no download): ``MR_small.dcm``
+    (64x64 head crop) and ``examples_overlay.dcm`` (300x484 abdomen), out of distribution for ``mri-brain``.
+    Each is zero-padded to a square, resized, given a smooth random phase (seed ``seed + i``) and normalised;
+    complex ``(2, 1, size, size)`` + names."""
+    from .ct import _pydicom_test_dir, _read_hu
+
+    root = _pydicom_test_dir()
+    imgs, names = [], []
+    for i, name in enumerate(PYDICOM_MR_FILES):
+        arr, _ = _read_hu(root / name)
+        imgs.append(_complex_slice(arr.numpy(), size, seed + i))
+        names.append(f"pydicom-{name.removesuffix('.dcm')}")
+    return torch.cat(imgs), names
+
+
+def unseen_real_slices(size: int = 64) -> Tuple[torch.Tensor, List[str]]:
+    """The four real MR slices no embedded prior was trained on (dipy's T1, matplotlib's head, pydicom's two),
+    complex ``(4, 1, size, size)`` + names: the out-of-distribution check of issue #22."""
+    parts = [dipy_slice(size), matplotlib_slice(size), pydicom_mr_slices(size)]
+    return torch.cat([p[0] for p in parts]), [n for p in parts for n in p[1]]

@@ -64,7 +64,7 @@ SUITE_DEFAULTS: Dict[str, Any] = dict(name=None, description="", output_dir=None
                                       num_samples=1, device=None, threads=None, lpips=True, figures=3,
                                       benchmarks=None, retry_failed=False, action="run")
 METHOD_DEFAULTS: Dict[str, Any] = dict(id=None, sampler=None, prior=None, steps=None, options={}, task_options={},
-                                       tasks=None, max_images=None, data_scale="auto")
+                                       tasks=None, max_images=None, data_scale="auto", preset=None)
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_+-]*$")
 
 
@@ -245,6 +245,8 @@ def _prepare_tasks(plan: Plan, log):
             entry.update(status="unavailable", reason=f"building the problem failed: {type(e).__name__}: {e}")
             log(f"task {tid}: UNAVAILABLE - {entry['reason']}")
         else:
+            if "sigma_y" not in vars(problem):  # cached before Problem.sigma_y existed: what the task says now
+                problem.sigma_y = datasets._build(opts).sigma_y
             plan.problems[tid] = problem
             entry["hash"] = content_hash
             if before is not None and before[1] == entry["hash"]:
@@ -270,7 +272,9 @@ def _prepare_methods(plan: Plan, log):
         resolved = resolve_knobs(spec, knobs, steps=m["steps"])  # unknown option names are config errors
         per_task = {t: resolve_knobs(spec, {**knobs, **o}, steps=m["steps"]) for t, o in m["task_options"].items()}
         plan.methods[m["id"]] = {"status": "ok", "sampler": spec.name, "prior": m["prior"], "knobs": resolved,
-                                 "task_knobs": per_task, "data_scale": m["data_scale"],
+                                 "task_knobs": per_task, "data_scale": m["data_scale"], "preset": m["preset"],
+                                 "explicit": {t: {**knobs, **o} for t, o in m["task_options"].items()},
+                                 "explicit_all": knobs,
                                  "num_samples": plan.suite["num_samples"], "options": m["options"],
                                  "steps": m["steps"]}
 
@@ -281,8 +285,10 @@ def method_config(plan: Plan, task_id: str, method_id: str) -> Dict[str, Any]:
     from .identity import method_identity
 
     m = plan.methods[method_id]
-    return method_identity(m["sampler"], get_sampler(m["sampler"]).defaults, m["task_knobs"].get(task_id, m["knobs"]),
-                           m["prior"], m["data_scale"], m["num_samples"])
+    pair = plan.pairs.get(f"{task_id}/{method_id}", {})
+    knobs = pair.get("knobs", m["task_knobs"].get(task_id, m["knobs"]))  # with the preset applied, once planned
+    return method_identity(m["sampler"], get_sampler(m["sampler"]).defaults, knobs, m["prior"], m["data_scale"],
+                           m["num_samples"], pair.get("sigma_y"))
 
 
 _PRIORS: Dict[Tuple[str, str], Any] = {}  # loaded priors kept for later suites in the same process
@@ -325,6 +331,27 @@ def _applicability(plan: Plan, task_id: str, method: Dict[str, Any]) -> Tuple[Op
     return None, name
 
 
+def _pair_preset(plan: Plan, task_id: str, method_id: str, prior: Optional[str]) -> Dict[str, Any]:
+    """``{"preset": id or None, "knobs": resolved knobs, "sigma_y": ...}`` of a (task, method) pair: registered
+    defaults < the preset of (prior, operator family, sampler, the task's noise) (:mod:`invsolve.presets`) < the
+    method's options. A task whose noise level is unknown (measured data) matches only presets for any noise. The
+    chosen knobs (not the preset's id) and the noise level the sampler gets go into the configuration hash."""
+    from .. import presets
+    from ..samplers.base import get_sampler, resolve_knobs
+
+    m = plan.methods[method_id]
+    spec = get_sampler(m["sampler"])
+    problem = plan.problems[task_id]
+    sigma = problem.sigma_y
+    chosen = presets.select(m["preset"], prior if spec.needs_prior else None,
+                            getattr(problem.operator, "task_family", None), spec.name,
+                            None if sigma is None else sigma > 0)
+    explicit = m["explicit"].get(task_id, m["explicit_all"])
+    knobs = resolve_knobs(spec, {**(chosen.knobs if chosen else {}), **explicit})
+    return {"preset": None if chosen is None else chosen.id, "knobs": knobs,
+            "sigma_y": explicit.get("sigma_y", sigma) if "sigma_y" in spec.defaults else None}
+
+
 def prepare(suite: Dict[str, Any], device=None, log=print) -> Plan:
     """Build (or load) every task's problem, check every (task, method) pair and list the items."""
     local = os.environ.get("LOCAL_RANK")
@@ -348,7 +375,8 @@ def prepare(suite: Dict[str, Any], device=None, log=print) -> Plan:
             n = len(plan.tasks[t["id"]]["names"])
             images = list(range(n if m["max_images"] is None else min(n, int(m["max_images"]))))
             plan.pairs[pair] = {"status": "run", "images": images, "prior": prior,
-                                "hash": datasets.options_hash(method_config(plan, t["id"], m["id"]))}
+                                **_pair_preset(plan, t["id"], m["id"], prior)}
+            plan.pairs[pair]["hash"] = datasets.options_hash(method_config(plan, t["id"], m["id"]))
             plan.items += [Item(t["id"], m["id"], i, s) for i in images for s in suite["seeds"]]
     return plan
 
@@ -434,11 +462,14 @@ def run_item(plan: Plan, item: Item, shard: Tuple[int, int]) -> Dict[str, Any]:
     try:
         op, y, x_true = _select(problem, item.image)
         prior_name = pair["prior"]
-        kn = dict(method["knobs"])
+        m = plan.methods[item.method]
+        kn = dict(m["explicit"].get(item.task, m["explicit_all"]))  # the preset and defaults are added by solve()
         steps = kn.pop("steps", None)
+        sigma_y = kn.pop("sigma_y", problem.sigma_y)  # a method's sigma_y option wins over the task's noise level
         res = solve(y, op, prior=None if prior_name is None else plan.priors[prior_name],
                     sampler=method["sampler"], steps=steps, seed=item.seed, num_samples=plan.suite["num_samples"],
-                    device=plan.device, data_scale=method["data_scale"], **kn)
+                    device=plan.device, data_scale=method["data_scale"], sigma_y=sigma_y,
+                    preset=pair["preset"] or False, **kn)
         x = res.x.detach().cpu()
         if not bool(torch.isfinite(torch.view_as_real(x) if x.is_complex() else x).all()):
             raise FloatingPointError("the reconstruction has NaN/Inf values (the sampler diverged)")

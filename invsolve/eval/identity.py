@@ -18,10 +18,13 @@ from typing import Any, Dict, Tuple
 
 NEUTRAL: Dict[str, Tuple[str, ...]] = {
     "dds": ("clip", "init", "init_knobs", "t_start"),
-    "stsl": ("cap",),
+    "dps": ("sigma_y",),
+    "enkg": ("sigma_y",),
+    "stsl": ("cap", "sigma_y"),
 }
 VERSION: Dict[str, int] = {
     "stsl": 2,  # the Polyak step rule became the default
+    "dds": 2,  # noise-aware data consistency (normal equations to a relative tolerance when noiseless)
 }
 
 
@@ -32,11 +35,14 @@ def identity_knobs(sampler: str, defaults: Dict[str, Any], knobs: Dict[str, Any]
 
 
 def method_identity(sampler: str, defaults: Dict[str, Any], knobs: Dict[str, Any], prior, data_scale,
-                    num_samples: int) -> Dict[str, Any]:
-    """The hashed configuration of a method: sampler, prior, identity knobs, data scale, samples and, from version 2
-    on, the sampler's version."""
+                    num_samples: int, sigma_y=None) -> Dict[str, Any]:
+    """The hashed configuration of a method: sampler, prior, identity knobs (with any preset applied), data scale,
+    samples, the noise level reaching the sampler (``sigma_y``; left out when 0 or unused) and, from version 2 on,
+    the sampler's version."""
     cfg = {"sampler": sampler, "prior": prior, "knobs": identity_knobs(sampler, defaults, knobs),
            "data_scale": data_scale, "num_samples": num_samples}
+    if sigma_y:
+        cfg["sigma_y"] = sigma_y
     if VERSION.get(sampler, 1) > 1:
         cfg["sampler_version"] = VERSION[sampler]
     return cfg

@@ -66,6 +66,9 @@ class Operator(nn.Module):
     is_complex: bool = False
     measurement_complex: Optional[bool] = None  # None: same as is_complex
     default_prior: Optional[str] = None
+    # operator family (mri, ct, deblur, sr, inpaint, ns, phase-retrieval, blackbox, ...): selects tuned presets
+    # (invsolve.presets) and the noise estimator (invsolve.noise_level); None: unknown
+    task_family: Optional[str] = None
     input_shape: Optional[Shape] = None
     output_shape: Optional[Shape] = None
 

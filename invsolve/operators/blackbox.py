@@ -121,6 +121,7 @@ class BlackBox(Operator):
     is_linear = False
     # set by solve() on its copy of a black box without output_shape: outputs must have y's item shape
     shape_from_y = False
+    task_family = "blackbox"
 
     def __init__(
         self,

@@ -169,6 +169,7 @@ class Blur(LinearOperator):
     """
 
     default_prior = "natural"
+    task_family = "deblur"
 
     def __init__(self, kernel, padding: str = "circular",
                  image_size: Optional[Union[int, Sequence[int]]] = None):

@@ -295,6 +295,7 @@ class ParallelBeamCT(JosephProjector):
     """
 
     default_prior = "ct-phantom"
+    task_family = "ct"
 
     def __init__(self, image_size: int, angles, n_detectors: Optional[int] = None):
         super().__init__()

@@ -47,6 +47,7 @@ class FanBeamCT(JosephProjector):
     """
 
     default_prior = "ct-phantom"
+    task_family = "ct"
 
     def __init__(self, image_size: int, angles, source_distance: Optional[float] = None,
                  n_detectors: Optional[int] = None, fan_angle: Optional[float] = None):

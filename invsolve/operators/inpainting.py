@@ -83,6 +83,7 @@ class Inpainting(LinearOperator):
     """
 
     default_prior = "natural"
+    task_family = "inpaint"
 
     def __init__(self, mask):
         super().__init__()

@@ -45,6 +45,7 @@ class MultiCoilMRI(LinearOperator):
 
     is_complex = True
     default_prior = "mri-brain"
+    task_family = "mri"
 
     def __init__(self, coil_maps, mask):
         super().__init__()
@@ -118,6 +119,7 @@ class SingleCoilMRI(LinearOperator):
 
     is_complex = True
     default_prior = "mri-brain"
+    task_family = "mri"
 
     def __init__(self, mask, image_shape: Optional[tuple] = None):
         super().__init__()

@@ -244,6 +244,7 @@ class NavierStokes2D(Operator):
     is_linear = False
     is_complex = False
     default_prior = "ns-vorticity"
+    task_family = "ns"
 
     def __init__(
         self,

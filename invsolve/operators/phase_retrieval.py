@@ -46,6 +46,7 @@ class PhaseRetrieval(Operator):
     """
 
     is_linear = False
+    task_family = "phase-retrieval"
 
     def __init__(self, image_size: Union[int, Sequence[int]] = 64, channels: int = 3, oversample: float = 2.0,
                  complex_input: bool = False, default_prior: Optional[str] = None):
@@ -86,6 +87,7 @@ class SaturatingBlur(Operator):
 
     is_linear = False
     default_prior = "natural"
+    task_family = "nonlinear-deblur"
 
     def __init__(self, kernel=None, gain: float = 2.0, padding: str = "reflect", *, size: int = 9,
                  sigma: float = 2.0, image_size: Optional[Union[int, Sequence[int]]] = None):

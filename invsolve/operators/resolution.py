@@ -56,6 +56,7 @@ class SuperResolution(LinearOperator):
     """
 
     default_prior = "natural"
+    task_family = "sr"
     MODES = ("avgpool", "bicubic")
 
     def __init__(self, factor: int, mode: str = "bicubic", image_size: Optional[Union[int, Sequence[int]]] = None):

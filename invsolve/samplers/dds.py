@@ -4,6 +4,9 @@ Per step: one network call gives the Tweedie estimate ``x0_hat``; a data-consist
 conjugate-gradient iterations on a linear problem, warm-started at ``x0_hat``; :mod:`.consistency`) gives ``x0_c``
 (no back-propagation through the network); ``x0_c`` is re-noised to the next timestep by mixing fresh noise with the
 network's own ``eps``. ``dds-3d`` (:mod:`.dds3d`) is this loop with a volume step.
+
+The default step is noise-aware (:class:`~.consistency.NoiseAwareCG`): the normal equations solved to a relative
+tolerance for noiseless data, the MAP proximal form with ``gamma_t = Var[x0 | x_t] / sigma_y²`` for noisy data.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import torch
 from .._deprecated import moved
 from ..errors import InvalidValueError
 from .base import SamplerOutput, get_sampler, progress_bar, register_sampler, resolve_knobs
-from .consistency import cg_step
+from .consistency import NoiseAwareCG
 from .knobs import STEPS, Any_, Bool, Choice, Float, Int, Mapping
 from .steps import clip_tweedie, ddim_grid, ddim_step, prior_noise, renoise
 
@@ -64,12 +67,23 @@ def _warm_start(prior, op, y, n, t0, init, init_knobs):
     return ab.sqrt() * prior.to_prior(x_init) + (1 - ab).sqrt() * n
 
 
+CG_ITERS = 400  # registered defaults of the data-consistency CG (cap and relative tolerance), chosen on
+CG_TOL = 1e-4  # validation images (docs/samplers.md)
+
+
 @register_sampler("dds", knobs=dict(
     steps=STEPS, eta=Float(0, 1, doc="fraction (in std) of fresh noise when re-noising"),
-    cg_iters=Int(1, doc="CG iterations per step (M)"),
-    gamma=Float(0, low_open=True, doc="proximal weight of dc='prox': (I + gamma AᴴA) u = x0_hat + gamma Aᴴy"),
-    dc=Choice("prox", "normal", callable_ok=True,
-              doc="data consistency: proximal form, noiseless normal equations, or a step (z0, t) -> u"),
+    sigma_y=Float(0, optional=True, doc="noise std of y in the sampler's units (None: estimated from y, else 0)"),
+    dc=Choice("auto", "prox", "normal", callable_ok=True,
+              doc="data consistency: 'auto' picks it from sigma_y (normal equations when noiseless, else the "
+                  "proximal form with gamma_t = r_t²/sigma_y²), or a step (z0, t) -> u"),
+    gamma=Float(0, low_open=True, also=("auto",), doc="proximal weight: (I + gamma AᴴA) u = x0_hat + gamma Aᴴy; "
+                "'auto': gamma_t = Var[x0|x_t] / sigma_y² per step"),
+    cg_iters=Int(1, doc="most CG iterations per step (M)"),
+    cg_tol=Float(0, low_open=True, optional=True, doc="relative CG tolerance ||r_k|| <= tol ||r_0|| per sample "
+                 "(None: exactly cg_iters iterations)"),
+    cg_precision=Choice("double", "single", doc="CG arithmetic: float64 (single precision loses conjugacy within a "
+                        "few hundred iterations on ill-conditioned systems) or the data's float32"),
     renoise=Choice("reference", "ddim", doc="re-noising rule: the released code's or textbook DDIM-eta"),
     reproduce_reference_rhs=Bool("reproduce the released code's complex right-hand side quirk"),
     reference_complex_inner_product=Bool("reproduce the released code's unconjugated CG inner product"),
@@ -81,7 +95,8 @@ def _warm_start(prior, op, y, n, t0, init, init_knobs):
                   summary="Decomposed Diffusion Sampler: Tweedie + a few CG steps per step, no network gradients",
                   nfe=lambda k, prior: len(dds_grid(prior, k["steps"], k["init"], k["t_start"])))
 @torch.no_grad()
-def dds(prior, op, y, *, generators, steps=50, eta=0.85, cg_iters=5, gamma=1.0, dc="prox", renoise="reference",
+def dds(prior, op, y, *, generators, steps=50, eta=0.85, sigma_y=None, dc="auto", gamma="auto", cg_iters=CG_ITERS,
+        cg_tol=CG_TOL, cg_precision="double", renoise="reference",
         reproduce_reference_rhs=False, reference_complex_inner_product=False, reference_last_step=True,
         clip=None, init=None, init_knobs=None, t_start=1.0, progress=False) -> SamplerOutput:
     """DDS on a pixel-space VP prior.
@@ -91,11 +106,25 @@ def dds(prior, op, y, *, generators, steps=50, eta=0.85, cg_iters=5, gamma=1.0, 
         eta: stochasticity. ``renoise="reference"``: fraction (in std) of the ``sqrt(1 - abar_next)`` noise budget
             given to fresh noise, the rest reuses the network's ``eps`` (released code, default 0.85).
             ``renoise="ddim"``: textbook DDIM-η rule.
-        cg_iters: M conjugate-gradient iterations per step (5).
-        gamma: proximal weight of ``dc="prox"``.
-        dc: ``"prox"`` (``(I + γAᴴA) u = z0 + γAᴴy``), ``"normal"`` (``AᴴA u = Aᴴy``), or a step
+        sigma_y: noise std of ``y`` in the units the sampler sees (after ``solve``'s data scaling for
+            ``mri-brain``; :func:`invsolve.solve` fills it in from its ``sigma_y`` argument, a config's
+            ``problem.noise_sigma`` or an estimate). ``None``: estimated from ``y`` where an estimator exists
+            (:mod:`invsolve.noise_level`), else taken as 0 (noiseless) with a warning.
+        dc, gamma: the data-consistency step, ``(AᴴA + lam_t I) u = Aᴴy + lam_t x0_hat`` by CG warm-started at
+            ``x0_hat`` (:func:`~.consistency.noise_aware_weight`). Defaults ``dc="auto"``, ``gamma="auto"``, the
+            noise-aware rule: noiseless ``y`` -> the normal equations ``AᴴA u = Aᴴy`` (``lam_t = 0``); noisy ``y``
+            -> the proximal form ``(I + gamma_t AᴴA) u = x0_hat + gamma_t Aᴴy`` with ``gamma_t = r_t² / s²``, the
+            posterior variance ``r_t² = unit² (1 - abar_t)`` of ``x0`` given ``x_t`` over the noise variance ``s²``
+            per real component. A numeric ``gamma`` fixes it (the released DDS: ``dc="prox", gamma=1.0,
+            cg_iters=5, cg_tol=None``); ``dc="normal"`` forces the normal equations. ``dc`` may also be a step
             ``dc(z0, t) -> u`` (or ``(u, residual)``) on the operator-domain Tweedie estimate (:mod:`.consistency`);
-            ``cg_iters``, ``gamma`` and the two reference switches only configure the built-in steps.
+            the CG options and the two reference switches then do not apply.
+        cg_iters: at most this many CG iterations per step and sample (M; default 400).
+        cg_tol: stop a sample's CG once its residual is ``cg_tol`` times the initial one (default 1e-4);
+            ``None`` runs exactly ``cg_iters`` iterations with no host synchronisation.
+        cg_precision: ``"double"`` (default) runs the CG in float64 / complex128 (the network stays in float32);
+            in float32, 400 iterations on 16-view CT lost conjugacy and the data residual grew again;
+            ``"single"`` keeps float32.
         reproduce_reference_rhs / reference_complex_inner_product: switches that reproduce two quirks of the
             released code for complex MRI (the right-hand side ``z0 + γ(1 + i)Aᴴy`` and CG's unconjugated inner
             product); off by default (correct math).
@@ -110,22 +139,48 @@ def dds(prior, op, y, *, generators, steps=50, eta=0.85, cg_iters=5, gamma=1.0, 
             ``x_t0 = sqrt(abar_t0) x_init + sqrt(1 - abar_t0) n``; only the grid steps from ``t0`` down are run
             (about ``t_start * steps`` network calls). ``init=None`` (default) starts from pure noise at ``T``.
     Returns:
-        operator-domain reconstruction; ``info["cg_residual"]`` holds the final CG residual per step ``(S, B)``.
+        operator-domain reconstruction; ``info``: ``cg_residual`` (final CG residual per step, ``(S, B)``) and for
+        the built-in step ``cg_iterations`` (``(S, B)``), ``lam`` (``lam_t`` per step), ``sigma_y`` and
+        ``sigma_y_source``.
+
+    Defaults chosen on validation images only (MNI152 guard slices z = 94, 113 at 4x / 8x, noiseless and
+    sigma_y = 0.02; CT validation phantoms, 16 views): see docs/samplers.md and ``benchmarks/tune_dds_defaults.py``.
     """
     if init is None and (t_start != 1 or init_knobs):
         raise InvalidValueError("sampler 'dds': t_start < 1 and init_knobs need init= (the name of a classical "
                                 "sampler to start from)")
+    info = {}
     if not callable(dc):
-        dc = cg_step(op, y, mode=dc, gamma=gamma, cg_iters=cg_iters, reproduce_reference_rhs=reproduce_reference_rhs,
-                     reference_complex_inner_product=reference_complex_inner_product)
+        sigma_y, source = _sigma_for_dds(op, y, sigma_y, dc, gamma)
+        dc = NoiseAwareCG(op, y, prior, sigma_y=sigma_y, dc=dc, gamma=gamma, cg_iters=cg_iters, cg_tol=cg_tol,
+                          precision=cg_precision, reproduce_reference_rhs=reproduce_reference_rhs,
+                          reference_complex_inner_product=reference_complex_inner_product)
+        info.update(sigma_y=sigma_y, sigma_y_source=source)
     x = prior_noise(prior, generators, y.device)
     grid = dds_grid(prior, steps, init, t_start)  # with a warm start the grid's tail (never empty: it ends at 0)
     if init is not None:
         x = _warm_start(prior, op, y, x, grid[0][0], init, init_knobs)
     out, residuals = dds_loop(prior, y, generators, grid, x, dc, eta=eta, renoise_rule=renoise,
                               reference_last_step=reference_last_step, clip=clip, progress=progress)
-    return SamplerOutput(x=out, info={"cg_residual": torch.stack(residuals).cpu()} if residuals else {})
+    if residuals:
+        info["cg_residual"] = torch.stack(residuals).cpu()
+    if isinstance(dc, NoiseAwareCG):
+        info.update(cg_iterations=torch.stack(dc.iterations).cpu(), lam=dc.lams)
+    return SamplerOutput(x=out, info=info)
 
+
+def _sigma_for_dds(op, y, sigma_y, dc, gamma):
+    """``(sigma_y, where it came from)``; ``None`` is estimated from ``y`` only when the rule needs it."""
+    if sigma_y is not None:
+        return float(sigma_y), "option"
+    if dc == "normal" or gamma != "auto":
+        return 0.0, "unused"
+    from ..noise_level import resolve
+
+    level = resolve(op, y, None, sampler="dds", sampler_default=None)
+    if level.sigma is None:
+        return 0.0, "unknown (taken as noiseless)"
+    return level.sigma, f"estimated ({level.method})"  # (B,): one level per sample
 
 
 __getattr__ = moved(__name__, {"data_consistency": "invsolve.samplers.consistency:cg_solve"})  # renamed: see metrics

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 
 from .._deprecated import moved
-from .base import SamplerOutput, progress_bar, register_sampler
+from ..noise_level import noise_floor
+from .base import SamplerOutput, bshape, progress_bar, register_sampler
 from .knobs import STEPS, Choice, Float
 from .steps import ancestral_step, ddim_grid, prior_noise, residual_gradient, vp_sde_step
 
@@ -18,12 +19,14 @@ from .steps import ancestral_step, ddim_grid, prior_noise, residual_gradient, vp
 @register_sampler("dps", knobs=dict(steps=STEPS, scale=Float(0, doc="step size on grad ||y - A(x0_hat)||"),
                                     clip=Float(0, low_open=True, optional=True, doc="clamp x0_hat to [-clip, clip]"),
                                     variance=Choice("betatilde", "beta", doc="ancestral noise variance"),
-                                    form=Choice("ddpm", "edm", doc="ancestral DDPM step or Euler-Maruyama VP-SDE")),
+                                    form=Choice("ddpm", "edm", doc="ancestral DDPM step or Euler-Maruyama VP-SDE"),
+                                    sigma_y=Float(0, doc="noise std of y: no guidance once ||y - A(x0_hat)|| is "
+                                                  "within the noise norm sigma_y sqrt(m) (0: always guide)")),
                   requires="differentiable", nfe=lambda k, prior: k["steps"],
                   summary="Diffusion Posterior Sampling: ancestral DDPM + gradient of ||y - A(x0_hat)|| through "
                           "the network")
 def dps(prior, op, y, *, generators, steps=1000, scale=0.5, clip=1.0, variance="betatilde", form="ddpm",
-        progress=False) -> SamplerOutput:
+        sigma_y=0.0, progress=False) -> SamplerOutput:
     """DPS on a pixel-space VP prior, for any differentiable operator (linear or not).
 
     Args:
@@ -44,15 +47,23 @@ def dps(prior, op, y, *, generators, steps=1000, scale=0.5, clip=1.0, variance="
             used.
         form: ``"ddpm"`` (ancestral posterior-mean step) or ``"edm"`` (Euler–Maruyama step of the reverse VP-SDE
             with the denoiser's score, as InverseBench's EDM-form DPS; best with many steps, e.g. 1000).
+        sigma_y: noise std of ``y`` in the units the sampler sees (:func:`invsolve.solve` passes it). The data
+            term becomes ``max(||y - A(x0_hat)|| - tau, 0)`` with ``tau = sigma_y sqrt(m)`` the expected norm of the
+            noise over the ``m`` measured entries (Morozov's discrepancy principle): a sample whose residual is
+            already within the noise gets no guidance that step instead of being pushed to fit the noise. 0
+            (default): the released rule.
     Returns:
         operator-domain reconstruction ``A``-consistent up to the guidance; ``info["residual"]``: per-step
         residual norms ``(steps, B)``.
     """
     x = prior_noise(prior, generators, y.device)
     residuals = []
+    tau = noise_floor(op, y, sigma_y) if sigma_y > 0 else None
     for t, t_next in progress_bar(ddim_grid(prior, steps), progress, "DPS", total=steps):
         x0, _, r, g = residual_gradient(prior, op, y, x, t, clip)
         residuals.append(r)
+        if tau is not None:  # d max(||r|| - tau, 0) / dx: no step for samples already within the noise
+            g = g * bshape((r > tau).to(g.dtype), g)
         n = prior_noise(prior, generators, y.device) if t_next >= 0 else torch.zeros_like(x)
         with torch.no_grad():
             if form == "ddpm":

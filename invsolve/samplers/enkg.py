@@ -92,7 +92,8 @@ def kalman_step(x: torch.Tensor, g: torch.Tensor, y: torch.Tensor, weight: float
 
 
 def kalman_increment(x: torch.Tensor, g: torch.Tensor, y: torch.Tensor, weight: float,
-                     normalize: str = "frobenius", kalman_reg: float = 1.0, taper=None) -> torch.Tensor:
+                     normalize: str = "frobenius", kalman_reg: float = 1.0, taper=None, sigma_y: float = 0.0,
+                     noise_norm=None) -> torch.Tensor:
     """The ensemble-Kalman update ``dx_j`` (``x_j <- x_j - dx_j``) of every particle of every measurement.
 
     Args:
@@ -105,6 +106,11 @@ def kalman_increment(x: torch.Tensor, g: torch.Tensor, y: torch.Tensor, weight: 
         taper: optional localisation ``(n_x, n_y)`` (flattened particle x measurement entries, float): the step
             uses ``taper ∘ C^{xg}`` instead of ``C^{xg}`` (:mod:`.localization`); not with ``"kalman"``. The scalar
             normalisation is unchanged. All ones reproduces the plain step.
+        sigma_y: measurement noise std: ``"kalman"`` uses the gain ``C^{xg} (C^{gg} + gamma I + sigma_y² I)^{-1}``
+            (the ensemble Kalman filter with noise covariance ``sigma_y² I``, per real component).
+        noise_norm: ``(B,)`` expected noise norm ``sigma_y sqrt(m)`` or ``None``: with the scalar normalisations a
+            particle whose residual ``||g_j - y||`` is within it is not moved (Morozov's discrepancy principle, the
+            usual stopping rule of ensemble Kalman inversion).
     Returns:
         ``dx`` ``(B, J, n)`` float64, ``n`` entries of a particle.
     """
@@ -119,6 +125,7 @@ def kalman_increment(x: torch.Tensor, g: torch.Tensor, y: torch.Tensor, weight: 
         # C^{xg} (C^{gg} + gamma I)^{-1} r_j = dX (dG^T dG + J gamma I)^{-1} dG^T r_j: a J x J solve per item
         gram = torch.bmm(dg, dg.transpose(1, 2))  # <dg_k, dg_l>
         ridge = kalman_reg * gram.diagonal(dim1=1, dim2=2).sum(-1) / J  # J gamma, gamma = rho tr(C^gg) / J
+        ridge = ridge + J * sigma_y**2 / (2 if g.is_complex() else 1)  # + J R, R = noise variance per component
         eye = torch.eye(J, dtype=gram.dtype, device=gram.device)
         ridge = torch.where(ridge > 0, ridge, torch.ones_like(ridge))  # collapsed ensemble: rhs is 0, no move
         coef = torch.linalg.solve(gram + ridge[:, None, None] * eye, torch.bmm(dg, (gf - yf).transpose(1, 2)))
@@ -141,6 +148,9 @@ def kalman_increment(x: torch.Tensor, g: torch.Tensor, y: torch.Tensor, weight: 
         raise ValueError(f"normalize must be 'frobenius', 'trace', 'none' or 'kalman', got {normalize!r}")
     # an ensemble that already fits exactly (C = 0) or has collapsed (tr C^gg = 0) does not move
     step = torch.where(scale > 0, weight / scale.clamp_min(torch.finfo(xf.dtype).tiny), torch.zeros_like(scale))
+    if noise_norm is not None:  # particles already within the noise do not move
+        outside = torch.linalg.vector_norm(gf - yf, dim=-1) > noise_norm.to(gf)[:, None]
+        dx = dx * outside[..., None].to(dx.dtype)
     return step[:, None, None] * dx
 
 
@@ -180,7 +190,8 @@ def inner_steps(i: int, steps: int, inner_div: int, max_inner: int) -> int:
     max_step=Float(0, low_open=True, optional=True, doc="trust region in units of sigma_i sqrt(d) (None: off)"),
     sigma_max=Float(0, low_open=True, doc="largest EDM noise level"),
     sigma_min=Float(0, low_open=True, doc="smallest EDM noise level"), rho=Float(0, low_open=True, doc="EDM grid rho"),
-    batch=Int(1, doc="particles per network call"), return_particles=Bool("return every particle in info")),
+    batch=Int(1, doc="particles per network call"), return_particles=Bool("return every particle in info"),
+    sigma_y=Float(0, doc="noise std of y (Kalman gain noise covariance / discrepancy principle; 0: noiseless)")),
                   requires="forward", nfe=lambda k, prior: budget(**k)["nfe_per_particle"],
                   summary="Ensemble Kalman diffusion guidance: derivative-free, forward evaluations of A only "
                           "(black boxes, PDE solvers)")
@@ -188,7 +199,7 @@ def inner_steps(i: int, steps: int, inner_div: int, max_inner: int) -> int:
 def enkg(prior, op, y, *, generators, steps=80, ensemble_size=512, updates=2, guidance=2.0, thr_start=0.05,
          thr_end=0.05, lr_min_ratio=0.0, inner_div=4, max_inner=20, normalize="frobenius", kalman_reg=1.0,
          localize=None, max_step=None, sigma_max=80.0, sigma_min=0.002, rho=7.0, batch=64, return_particles=True,
-         progress=False) -> SamplerOutput:
+         sigma_y=0.0, progress=False) -> SamplerOutput:
     """EnKG on any pixel-space prior (through its VE view ``denoise(x, sigma)``) and any forward model.
 
     Args:
@@ -213,6 +224,10 @@ def enkg(prior, op, y, *, generators, steps=80, ensemble_size=512, updates=2, gu
         sigma_max, sigma_min, rho: EDM grid (80, 0.002, 7), clamped to the noise levels the prior was trained on.
         batch: particles per network call (memory bound; no divisibility constraint).
         return_particles: put all particles in ``info["particles"]`` (``(B, J, ...)``, operator domain, CPU).
+        sigma_y: noise std of ``y`` in the units the sampler sees (:func:`invsolve.solve` passes it; 0: noiseless,
+            the paper's update). ``normalize="kalman"``: the gain includes the noise covariance ``sigma_y² I``;
+            the scalar normalisations: a particle whose predicted measurement is already within the noise norm
+            ``sigma_y sqrt(m)`` of ``y`` is not moved (:func:`kalman_increment`).
     Returns:
         ``x``: the ensemble mean ``(B, ...)`` in the operator domain. ``info``: ``spread`` (per-pixel ensemble
         standard deviation), ``particles``, ``misfit`` (per update: mean over particles of ``||G(x0_j) - y||``,
@@ -254,7 +269,9 @@ def enkg(prior, op, y, *, generators, steps=80, ensemble_size=512, updates=2, gu
                 yj = y.repeat_interleave(J, 0)
                 misfit.append(torch.linalg.vector_norm(_flat_real(g - yj), dim=1).reshape(B, J).mean(dim=1).cpu())
                 dx = kalman_increment(x.reshape((B, J) + shape), g.reshape((B, J) + tuple(g.shape[1:])), y, w_i,
-                                      normalize, kalman_reg, taper)
+                                      normalize, kalman_reg, taper, sigma_y,
+                                      None if sigma_y == 0 else torch.full((B,), sigma_y * math.sqrt(y[0].numel()),
+                                                                          dtype=torch.float64))
                 noise_norm = sig[i] * math.sqrt(math.prod(shape))
                 ratio = torch.linalg.vector_norm(dx, dim=-1) / noise_norm  # (B, J), before the bound
                 ratios.append(ratio.max(dim=1).values.float().cpu())

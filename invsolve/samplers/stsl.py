@@ -41,6 +41,7 @@ import functools
 import torch
 
 from ..errors import InvalidValueError
+from ..noise_level import noise_floor
 from .base import SamplerOutput, progress_bar, randn, register_sampler
 from .knobs import STEPS, Choice, Float, Int
 from .steps import ddim_grid, ddim_step, glue_term, initial_latent, needs_adjoint, tweedie_grad
@@ -76,13 +77,14 @@ def _stsl_nfe(k, prior) -> int:
     step=Choice(*STEP_RULES, doc="step rule"),
     cap=Float(0, low_open=True, inf_ok=True, doc="Polyak step cap, in PSLD steps"),
     init=Choice("adjoint", "pinv", "noise", doc="initial image"),
-    pinv_iters=Int(1, doc="CG iterations for A⁺ without a closed form")),
+    pinv_iters=Int(1, doc="CG iterations for A⁺ without a closed form"),
+    sigma_y=Float(0, doc="noise std of y: the Polyak step aims at the noise level m sigma_y² (0: at zero)")),
                   requires="differentiable", latent_ok=True, nfe=_stsl_nfe,
                   adjoint_knobs=lambda k: needs_adjoint(k["init"], k["gluing"]),
                   summary="STSL: DDIM + N gradient steps per step on a data term at the Tweedie mean plus a "
                           "Hutchinson trace of the score Jacobian (second-order Tweedie; latent or pixel priors)")
 def stsl(prior, op, y, *, generators, steps=50, inner=2, lam=1.0, rho=1.0, eta=0.02, c=1.0, gluing=0.0,
-         step="polyak", cap=1.0, init="adjoint", pinv_iters=30, progress=False) -> SamplerOutput:
+         step="polyak", cap=1.0, init="adjoint", pinv_iters=30, sigma_y=0.0, progress=False) -> SamplerOutput:
     """STSL on a latent prior (or a pixel prior, with the prior's domain map as the decoder), linear operators.
 
     Args:
@@ -104,6 +106,11 @@ def stsl(prior, op, y, *, generators, steps=50, inner=2, lam=1.0, rho=1.0, eta=0
         init: initial image encoded and forward-diffused to the first step: ``"adjoint"`` (``Aᵀy``, the paper),
             ``"pinv"`` (``A⁺y``, better scaled for bicubic SR) or ``"noise"``.
         pinv_iters: CG iterations for ``A⁺`` (``init="pinv"``, gluing) where the operator has no closed form.
+        sigma_y: noise std of ``y`` in the units the sampler sees (:func:`invsolve.solve` passes it). Polyak's step
+            ``(f - f*) / ||∇f||²`` needs the optimal value ``f*``; with noise the data term at the truth is
+            ``lam m sigma_y²`` (``m`` measured entries), not 0, so the Polyak step aims there:
+            ``rho · lam (||r||² - m sigma_y²)₊ / ||∇L||²`` (no step once the residual is within the noise).
+            0 (default): aim at zero. The ``residual`` and ``fixed`` rules ignore it.
     Returns:
         operator-domain ``D(z_0)``; ``info["residual"]``: ``||y - A D(z0)||`` at the last inner iteration of each
         step ``(S, B)``; ``info["trace"]``: the Hutchinson estimates there (``eta > 0``).
@@ -117,6 +124,7 @@ def stsl(prior, op, y, *, generators, steps=50, inner=2, lam=1.0, rho=1.0, eta=0
     shape = tuple(z.shape[1:])
     d = z[0].numel()
     residuals, traces = [], []
+    floor2 = noise_floor(op, y, sigma_y) ** 2 if sigma_y > 0 and step == "polyak" else 0.0
 
     def loss(z0, e, zt, t):  # the surrogate loss; extras: the squared residual and the trace estimate
         x0 = prior.from_prior(z0)
@@ -133,8 +141,9 @@ def stsl(prior, op, y, *, generators, steps=50, inner=2, lam=1.0, rho=1.0, eta=0
         for _ in range(int(inner)):
             _, _, (r2, tr), g = tweedie_grad(prior, z, t, functools.partial(loss, t=t))
             if step == "polyak":  # capped at cap x PSLD's step: unbounded it overshoots where ||∇L|| << ||r||
-                size = torch.minimum(rho * lam * r2 / g.flatten(1).abs().square().sum(1).clamp_min(1e-30),
-                                     0.5 * cap / (lam * r2.sqrt()).clamp_min(1e-12))
+                excess = (r2.detach() - floor2).clamp_min(0)  # f - f*: the data term above the noise level
+                size = torch.minimum(rho * lam * excess / g.flatten(1).abs().square().sum(1).clamp_min(1e-30),
+                                     0.5 * cap / (lam * r2.detach().sqrt()).clamp_min(1e-12))
             elif step == "residual":
                 size = rho / r2.sqrt().clamp_min(1e-12)
             else:

@@ -213,7 +213,7 @@ def build(source, index, path, key, size, resize, image_units, crop_body, geomet
         op, meta = _operator(size, angles, y.shape[-1], geometry, noise_sigma, beam, source_distance)
         meta["source_file"] = str(path)
         return Problem(op, y, None, [f"{Path(path).stem}[{b}]" for b in range(y.shape[0])], meta=meta,
-                       data_range=1.0, default_baselines=["fbp", "cg"])
+                       data_range=1.0, default_baselines=["fbp", "cg"], sigma_y=noise_sigma or None)  # 0 = unknown
     if source == "example":
         x, names = _pick(*ct_data.heldout_ct_slices(size), index)
         origin = "real pydicom CT slices (held out from prior training)"
@@ -230,7 +230,7 @@ def build(source, index, path, key, size, resize, image_units, crop_body, geomet
     keys = source_keys(index, x.shape[0], source == "example")
     meta.update({"source": origin, "noise_seed": noise_seed, "noise_keys": keys})
     return Problem(op, _measure(op, x, noise_sigma, noise_seed, keys), x, names, meta=meta, data_range=1.0,
-                   default_baselines=["fbp", "cg"])
+                   default_baselines=["fbp", "cg"], sigma_y=noise_sigma)
 
 
 # ----------------------------------------------------------------------------------------------- volumes
@@ -367,5 +367,6 @@ def build_volume(source, n_slices, seed, slice_spacing, index, path, key, size, 
     names: List[str] = [f"slice{k:03d}" for k in range(x.shape[0])]
     keys = list(range(x.shape[0]))  # the volume is the item; its slices are keyed by their position in it
     return Problem(op, _measure(op, x, noise_sigma, noise_seed, keys), x, names, meta=meta, data_range=1.0,
-                   default_baselines=["fbp", "cg"], joint=True)
+                   default_baselines=["fbp", "cg"], joint=True,
+                   sigma_y=noise_sigma)
 

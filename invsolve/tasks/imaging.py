@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from ..data import natural
 from ..errors import InputFileError, InvalidValueError, ShapeError
 from ..operators.blur import PADDINGS, Blur, gaussian_kernel, motion_kernel, uniform_kernel
-from ..operators.sampling import Inpainting, SuperResolution, box_mask, random_mask
+from ..operators.inpainting import Inpainting, box_mask, random_mask
+from ..operators.resolution import SuperResolution
 from ..samplers.knobs import Bool, Choice, Float, Int, Ints, Str
 from .mri import load_array
 from .noise import add_noise, source_keys
@@ -123,7 +124,7 @@ def make_problem(op, x, names, origin, noise_sigma, noise_seed, meta, baselines,
         raise InvalidValueError(f"problem.noise_sigma must be >= 0, got {noise_sigma}")
     y = add_noise(op(x), noise_sigma, noise_seed, keys)
     meta.update({"source": origin, "noise_sigma": noise_sigma, "noise_seed": noise_seed, "noise_keys": keys})
-    return Problem(op, y, x, names, meta=meta, data_range=1.0, default_baselines=baselines)
+    return Problem(op, y, x, names, meta=meta, data_range=1.0, default_baselines=baselines, sigma_y=noise_sigma)
 
 
 def make_kernel(kernel, kernel_size, kernel_sigma, motion_intensity, kernel_seed, kernel_file) -> torch.Tensor:

@@ -2,8 +2,11 @@
 
 Sources (``problem.source``):
 
-* ``example``: built-in held-out brain slices (``mni``: the held-out MNI152 slab; ``dipy``: dipy's real T1
-  slice, out of distribution), simulated 8-coil k-space with the chosen mask and noise.
+* ``example``: built-in slices no prior was trained on, simulated 8-coil k-space with the chosen mask and noise:
+  ``mni`` (the held-out MNI152 slab), the real slices of other subjects and scanners (out of distribution):
+  ``dipy`` (dipy's T1 coronal slice), ``matplotlib`` (matplotlib's sample head MRI), ``pydicom`` (pydicom's two
+  MR test images: a head crop and an abdomen), ``real`` (those four, in that order); and ``mni-validation``
+  (the MNI152 guard slices z = 94, 113, excluded from training and disjoint from the test slab: for tuning).
 * ``image``: a ground-truth image file (``.npy``/``.npz``, real or complex, ``(H, W)`` or ``(B, H, W)``);
   k-space is simulated as for examples.
 * ``kspace``: measured multi-coil k-space ``(Nc, H, W)`` / ``(B, Nc, H, W)`` from ``.npy``/``.npz`` (key
@@ -32,7 +35,9 @@ DEFAULTS = dict(source="example", example="mni", index=[0, 1, 2, 3], path=None, 
                 coils=8, maps_file=None, noise_sigma=0.0, noise_seed=0, kspace_crop=None, espirit_calib=16)
 KNOBS = dict(
     source=Choice("example", "image", "kspace", doc="held-out example slices, your image file, or measured k-space"),
-    example=Choice("mni", "dipy", doc="built-in set: held-out MNI152 slab (16 slices) or dipy's real T1 slice"),
+    example=Choice("mni", "dipy", "matplotlib", "pydicom", "real", "mni-validation",
+                   doc="built-in set: held-out MNI152 slab (16 slices), real slices no prior saw (dipy, matplotlib, "
+                       "pydicom, or all four: real), or the MNI152 guard slices for tuning (mni-validation)"),
     index=Ints(0, doc="which images of the built-in set (source=example)"),
     path=Str(optional=True, doc="input file (source=image: .npy/.npz image; source=kspace: .npy/.npz/.h5)"),
     key=Str(optional=True, doc="array name inside an .npz/.h5 file"),
@@ -84,12 +89,15 @@ def _images_from_source(source, example, index, path, key, size):
 
     idx = [index] if isinstance(index, int) else list(index)
     if source == "example":
-        if example == "mni":
-            x, names = mri_data.heldout_slices(size, n=len(mri_data.HELDOUT_Z))
-        elif example == "dipy":
-            x, names = mri_data.dipy_slice(size)
-        else:
-            raise InvalidValueError(f"problem.example must be 'mni' or 'dipy', got {example!r}")
+        loaders = {"mni": lambda: mri_data.heldout_slices(size, n=len(mri_data.HELDOUT_Z)),
+                   "dipy": lambda: mri_data.dipy_slice(size), "matplotlib": lambda: mri_data.matplotlib_slice(size),
+                   "pydicom": lambda: mri_data.pydicom_mr_slices(size),
+                   "real": lambda: mri_data.unseen_real_slices(size),
+                   "mni-validation": lambda: mri_data.validation_slices(size)}
+        if example not in loaders:
+            raise InvalidValueError(f"problem.example must be one of {', '.join(repr(k) for k in loaders)}, "
+                                    f"got {example!r}")
+        x, names = loaders[example]()
         bad = [i for i in idx if not 0 <= i < x.shape[0]]
         if bad:
             raise InvalidValueError(f"problem.index={idx} is out of range: example {example!r} has {x.shape[0]} "
@@ -136,7 +144,7 @@ def build(source, example, index, path, key, slice, size, mask, acceleration, ce
     keys = source_keys(index, x.shape[0], source == "example")
     y = add_noise(op(x), noise_sigma, noise_seed, keys, mask=op.mask)
     meta.update({"coils": coils, "coil_maps": "birdcage", "sampled_fraction": float(m.mean()), "noise_keys": keys})
-    return Problem(op, y, x, names, meta=meta, default_baselines=["adjoint", "cg"])
+    return Problem(op, y, x, names, meta=meta, default_baselines=["adjoint", "cg"], sigma_y=noise_sigma)
 
 
 def _centre_crop(k: np.ndarray, crop: Sequence[int]) -> np.ndarray:
@@ -178,4 +186,4 @@ def _from_kspace(path, key, h5_slice, mask_file, maps_file, kspace_crop, espirit
     meta.update({"source_file": str(path), "sampled_fraction": float(m.mean())})
     y = ks * op.mask
     return Problem(op, y, None, [f"{Path(path).stem}[{b}]" for b in range(ks.shape[0])], meta=meta,
-                   default_baselines=["adjoint", "cg"])
+                   default_baselines=["adjoint", "cg"], sigma_y=meta["noise_sigma"] or None)  # measured: 0 = unknown

@@ -71,4 +71,4 @@ def build(source, index, path, key, size, solver_size, T, stride, noise_sigma, n
     meta = {"noise_keys": keys, "T": T, "stride": stride, "noise_sigma_raw": noise_sigma, "noise_seed": noise_seed,
             "truth": "held-out 'test' stream" if source == "example" else str(path), "solver_size": solver_size,
             "metric": "relative L2 in raw units (benchmarks/bench_enkg_ns.py)"}
-    return Problem(op, y, x, names, meta=meta, data_range=None, default_baselines=[])
+    return Problem(op, y, x, names, meta=meta, data_range=None, default_baselines=[], sigma_y=noise_sigma)

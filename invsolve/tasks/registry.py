@@ -26,6 +26,9 @@ class Problem:
         meta: facts to save with results (mask, kernel, seeds, noise level, source file, ...).
         data_range: value range for metrics (``None``: per-image peak of the truth).
         default_baselines: classical methods shown next to the reconstruction.
+        sigma_y: noise std of ``y`` in its units when known (simulated data: ``problem.noise_sigma``, 0 when
+            noiseless), ``None`` when unknown (measured data without ``problem.noise_sigma``); passed to
+            :func:`invsolve.solve` as ``sigma_y``.
         joint: the batch is one object (the slices of a volume, solved together): ``invsolve reconstruct`` then
             gives slice ``b`` the seed ``seed + b`` (its place in the object) instead of every image ``seed``.
     """
@@ -38,6 +41,7 @@ class Problem:
     data_range: Optional[float] = None
     default_baselines: List[str] = field(default_factory=lambda: ["adjoint"])
     joint: bool = False
+    sigma_y: Optional[float] = None
 
 
 @dataclass
