@@ -11,8 +11,8 @@ from invsolve.errors import InvalidValueError, ShapeError
 from invsolve.operators import Blur, Inpainting, MultiCoilMRI, coils, masks
 from invsolve.operators.blur import gaussian_kernel
 from invsolve.operators.ct import ParallelBeamCT, sparse_view_angles
-from invsolve.operators.noise import GaussianNoise
 from invsolve.operators.inpainting import random_mask
+from invsolve.operators.noise import GaussianNoise
 from invsolve.priors.gaussian import GaussianPrior
 from invsolve.samplers.dds import choose_data_consistency, data_consistency, solve_data_consistency
 from invsolve.samplers.wiener import noise_sigma_mad
