@@ -69,14 +69,14 @@ def test_single_run_outputs(single):
     ok, reason = metrics.lpips_status()
     assert isinstance(rec["metrics"]["lpips"], float) if ok else rec["metrics"]["lpips"] == f"unavailable: {reason}"
     md = (single / "report.md").read_text()
-    assert "| dds | dds | 2/2 |" in md and "invsolve evaluate" in md and "figures/mri-4x.png" in md
+    assert "| dds | dds | steps=2, gamma=10 | 2/2 |" in md and "invsolve evaluate" in md and "figures/mri-4x.png" in md
     assert (single / "figures" / "mri-4x.png").stat().st_size > 10_000
     with open(single / "table.csv") as f:  # the best mean PSNR of a task is bold in report.md, the others not
         rows4 = [r for r in csv.DictReader(f) if r["task"] == "mri-4x"]
     best = max(rows4, key=lambda r: float(r["psnr_mean"]))["method"]
     for r in rows4:
         line = next(ln for ln in md.splitlines() if ln.startswith(f"| {r['method']} |"))
-        assert line.split(" | ")[3].startswith("**") == (r["method"] == best)
+        assert line.split(" | ")[4].startswith("**") == (r["method"] == best)
 
 
 def test_sigkill_then_resume_runs_every_item_exactly_once(single, tmp_path):
