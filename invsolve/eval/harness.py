@@ -67,8 +67,8 @@ SUITE_DEFAULTS: Dict[str, Any] = dict(name=None, description="", output_dir=None
                                       force_report=False, overwrite=False)
 METHOD_DEFAULTS: Dict[str, Any] = dict(id=None, sampler=None, prior=None, steps=None, options={}, task_options={},
                                        tasks=None, max_images=None, data_scale="auto", tune=None, task_tune={},
-                                       tune_metric="psnr", knobs_from=None, seeds=None, num_samples=None,
-                                       isolate=None)
+                                       tune_metric="psnr", tune_max_images=None, knobs_from=None, seeds=None,
+                                       num_samples=None, isolate=None)
 TASK_KEYS = ("id", "task", "split", "family")  # the other keys of a task entry are problem options
 ACTIONS = ("run", "report", "export-presets")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_+-]*$")
@@ -506,6 +506,30 @@ def _prior(plan: Plan, name: str):
     return plan.priors[name]
 
 
+_REVISIONS: Dict[str, str] = {}
+
+
+def prior_revision(name_or_path: str) -> str:
+    """First 12 hex digits of the SHA-256 of a prior's weights file(s) (embedded name or directory), recorded in
+    every result so that results of other weights under the same name can be told apart; priors without weight
+    files (e.g. analytic ones) give their name."""
+    import hashlib
+
+    if name_or_path not in _REVISIONS:
+        from ..priors.registry import prior_dir
+
+        try:
+            d = prior_dir(name_or_path)
+        except InvsolveError:  # not an embedded name: a directory, or a non-file prior
+            d = Path(name_or_path)
+        files = sorted(Path(d).glob("*.safetensors")) if Path(d).is_dir() else []
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f.read_bytes())
+        _REVISIONS[name_or_path] = h.hexdigest()[:12] if files else str(name_or_path)
+    return _REVISIONS[name_or_path]
+
+
 def _applicability(plan: Plan, task_id: str, method: Dict[str, Any]) -> Tuple[Optional[str], Optional[str]]:
     """``(reason, prior)``: ``reason`` is ``None`` if ``method`` can run on ``task_id``; ``prior`` is its prior."""
     from ..api import _check_prior_fits
@@ -554,7 +578,8 @@ def prepare(suite: Dict[str, Any], device=None, log=print) -> Plan:
             if job["method"] == m["id"]:
                 for vid in job["variants"]:
                     for vt in job["validation_tasks"]:
-                        _add_pair(plan, next(t for t in tasks if t["id"] == vt), {**m, "id": vid})
+                        _add_pair(plan, next(t for t in tasks if t["id"] == vt),
+                                  {**m, "id": vid, "max_images": m["tune_max_images"]})
         src = m["knobs_from"] or m["id"]
         for t in tasks:
             if not _selected(m, t, tasks, False):
@@ -630,13 +655,14 @@ def run_item(plan: Plan, item: Item, shard: Tuple[int, int]) -> Dict[str, Any]:
         "schema": 1, "key": item.key, "task": item.task, "method": item.method, "image": item.image,
         "name": task["names"][item.image], "seed": item.seed, "sampler": method["sampler"],
         "task_hash": task["hash"], "method_hash": pair["hash"], "device": str(plan.device),
-        "hardware": hardware(plan.device), "shard": list(shard), "host": platform.node(),
+        "hardware": hardware(plan.device), "shard": list(shard), "host": platform.node(), "process": os.getpid(),
         "config": {"task": task["options"], "method": method},
     }
     t0 = time.perf_counter()
     try:
         op, y, x_true = _select(problem, item.image)
         prior_name = pair["prior"]
+        rec["prior_revision"] = None if prior_name is None else prior_revision(prior_name)
         kn = dict(method["knobs"])
         steps = kn.pop("steps", None)
         res = solve(y, op, prior=None if prior_name is None else plan.priors[prior_name],
@@ -813,7 +839,7 @@ def worker_main(argv: Optional[Sequence[str]] = None):
     if suite["threads"]:
         torch.set_num_threads(int(suite["threads"]))
     plan = prepare(suite, log=lambda *a, **k: None)
-    n_shards, index = spec["shard"]
+    index, n_shards = spec["shard"]
     mine = [it for it in shard_items(plan.items, n_shards, index) if _live(plan, it)
             and _base_method(plan, it) == spec["method"]]
     todo = [it for it in mine if not is_done(plan, it, spec["retry"])]

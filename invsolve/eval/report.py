@@ -34,7 +34,7 @@ METRICS: List[Tuple[str, str, int, str]] = [
     ("relative_l2", "rel. L2 ↓", -1, "{:.4f}"),
     ("dc_residual", "‖Ax−y‖/‖y‖", 0, "{:.2e}"),
 ]
-ITEM_COLUMNS = ["task", "method", "sampler", "image", "name", "seed", "status", "psnr", "ssim", "lpips",
+ITEM_COLUMNS = ["task", "split", "method", "sampler", "image", "name", "seed", "status", "psnr", "ssim", "lpips",
                 "relative_l2", "dc_residual", "nfe", "seconds", "peak_memory_mib", "device", "hardware",
                 "finished_at", "lpips_note", "error"]
 
@@ -110,11 +110,12 @@ def _knob_text(plan: Dict[str, Any], task: str, method: str) -> str:
 
     m = plan["methods"].get(method, {})
     knobs = (m.get("task_knobs") or {}).get(task, m.get("knobs")) or {}
+    tuned = (plan["pairs"].get(f"{task}/{method}", {}).get("tuned") or {}).get("point") or {}
     try:
         defaults = get_sampler(m["sampler"]).defaults
     except Exception:  # noqa: BLE001 - a sampler of another build: show every knob
         defaults = {}
-    shown = {k: v for k, v in knobs.items() if k == "steps" or k not in defaults or defaults[k] != v}
+    shown = {k: v for k, v in knobs.items() if k == "steps" or k in tuned or k not in defaults or defaults[k] != v}
     if (m.get("num_samples") or 1) > 1:
         shown["num_samples"] = m["num_samples"]
     return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
@@ -172,14 +173,15 @@ def write_csv(out, plan: Dict[str, Any], records: Dict[str, Dict[str, Any]],
     for key in plan["items"]:
         r = records.get(key)
         task, method, stem = key.split("/")
+        split = plan["tasks"][task].get("split", "test")
         if r is None:
-            w.writerow({"task": task, "method": method, "status": "pending",
+            w.writerow({"task": task, "split": split, "method": method, "status": "pending",
                         "image": int(stem[1:4]), "seed": int(stem.split("_s")[1])})
             continue
         m = r.get("metrics", {})
         row = {k: r.get(k) for k in ("task", "method", "sampler", "image", "name", "seed", "status", "nfe", "seconds",
                                      "device", "hardware", "finished_at", "error")}
-        row.update({k: m.get(k) for k in ("psnr", "ssim", "relative_l2", "dc_residual")})
+        row.update({k: m.get(k) for k in ("psnr", "ssim", "relative_l2", "dc_residual")}, split=split)
         row["lpips"] = _num(m.get("lpips"))
         row["lpips_note"] = None if row["lpips"] is not None or not m else m.get("lpips")
         row["peak_memory_mib"] = None if _num(r.get("peak_memory")) is None else r["peak_memory"] / 2**20
@@ -405,12 +407,11 @@ def tuned_entries(plan: Dict[str, Any], tuning: Dict[str, Dict[str, Any]], out: 
                       if plan["pairs"].get(f"{vt}/{vid}", {}).get("prior")), None)
         if prior is None:  # a classical method tuned on validation data: no prior to file it under
             continue
-        defaults = get_sampler(m["sampler"]).defaults
-        knobs = {k: v for k, v in m["knobs"].items() if k not in defaults or defaults[k] != v}
+        defaults = get_sampler(m["sampler"]).defaults  # the tuned knobs are stated even where they equal a default
+        knobs = {k: v for k, v in m["knobs"].items() if k in m["point"] or k not in defaults or defaults[k] != v}
         noise = tune.noise_label([plan["tasks"][vt]["options"].get("noise_sigma", 0.0) for vt in vts])
         fam = plan["tasks"][vts[0]].get("operator_family") or plan["tasks"][vts[0]]["task"]
-        val = "; ".join(f"{vt}: {_task_line(plan, next(t for t in plan['suite']['tasks'] if t['id'] == vt))}"
-                        for vt in vts)
+        val = "; ".join(_validation_line(plan, vt, vid) for vt in vts)
         row = job["rows"][job["chosen"]]
         entries.append({"prior": prior, "id": tune.preset_id(job["family"], job["method"], noise), "task": fam,
                         "sampler": m["sampler"], "noise": noise, "knobs": knobs,
@@ -419,6 +420,15 @@ def tuned_entries(plan: Dict[str, Any], tuning: Dict[str, Dict[str, Any]], out: 
                                       f"{len(job['rows'])} grid point(s)",
                         "source": f"{plan['command']} -> {(out / 'tuned.yaml').as_posix()}"})
     return entries
+
+
+def _validation_line(plan: Dict[str, Any], task: str, variant: str) -> str:
+    """``"mri-val: task mri (example=mni-guard, ...); images: mni-z94"`` with the images the variant ran on."""
+    t = next(t for t in plan["suite"]["tasks"] if t["id"] == task)
+    given = ", ".join(f"{k}={v}" for k, v in t.items() if k not in ("id", "task", "split", "family"))
+    names = plan["tasks"][task].get("names") or []
+    used = [names[i] for i in plan["pairs"].get(f"{task}/{variant}", {}).get("images", []) if i < len(names)]
+    return f"{task}: task {t['task']} ({given or 'defaults'}), images {', '.join(used) or 'n/a'}"
 
 
 def _tuning_md(h: str, tuning: Dict[str, Dict[str, Any]]) -> List[str]:
@@ -468,7 +478,10 @@ def comparisons(plan: Dict[str, Any], records: Dict[str, Dict[str, Any]]) -> Lis
             keys = sorted(set(ra) & set(rb))
             if not keys:
                 continue
-            row = {"task": t["id"], "a": a, "b": b, "n": len(keys)}
+            row = {"task": t["id"], "a": a, "b": b, "n": len(keys),
+                   "time_ratio": _ratio([rb[k].get("seconds") for k in keys], [ra[k].get("seconds") for k in keys]),
+                   "memory_ratio": _ratio([ra[k].get("peak_memory") for k in keys],
+                                          [rb[k].get("peak_memory") for k in keys])}
             for metric in ("psnr", "ssim"):
                 xa = np.array([ra[k]["metrics"][metric] for k in keys], dtype=np.float64)
                 xb = np.array([rb[k]["metrics"][metric] for k in keys], dtype=np.float64)
@@ -481,21 +494,30 @@ def comparisons(plan: Dict[str, Any], records: Dict[str, Dict[str, Any]]) -> Lis
     return rows
 
 
+def _ratio(num, den) -> Optional[float]:
+    """``mean(num) / mean(den)`` over the finite values (``None`` when either is missing or ``den`` is 0)."""
+    a = [float(v) for v in num if _num(v) is not None]
+    b = [float(v) for v in den if _num(v) is not None]
+    return float(np.mean(a) / np.mean(b)) if a and b and np.mean(b) > 0 else None
+
+
 def _compare_md(h: str, rows: List[Dict[str, Any]]) -> List[str]:
     if not rows:
         return []
     lines = [f"{h}# Paired comparisons", "",
              "Per test task, method a minus method b on the same images and seeds (items where both finished): "
-             "mean difference ± standard error of the mean difference, two-sided paired t-test p-value, and the "
-             "number of pairs a wins.", "",
-             "| task | a | b | pairs | PSNR a | PSNR b | Δ PSNR (dB) | p | a better | Δ SSIM | p (SSIM) |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "mean difference ± standard error of the mean difference, two-sided paired t-test p-value, the "
+             "number of pairs a wins; speed-up = mean time of b / mean time of a, memory ratio = mean peak memory "
+             "of a / of b.", "",
+             "| task | a | b | pairs | PSNR a | PSNR b | Δ PSNR (dB) | p | a better | Δ SSIM | p (SSIM) | speed-up | "
+             "memory a/b |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         P, S = r["psnr"], r["ssim"]
         dp = f"{P['diff']:+.2f}" + (f" ± {P['se']:.2f}" if P["se"] is not None else "")
         ds = f"{S['diff']:+.4f}" + (f" ± {S['se']:.4f}" if S["se"] is not None else "")
         lines.append(f"| {r['task']} | {r['a']} | {r['b']} | {r['n']} | {P['a']:.2f} | {P['b']:.2f} | {dp} | "
-                     f"{_fmt(P['p'], '{:.2g}')} | {P['wins']}/{r['n']} | {ds} | {_fmt(S['p'], '{:.2g}')} |")
+                     f"{_fmt(P['p'], '{:.2g}')} | {P['wins']}/{r['n']} | {ds} | {_fmt(S['p'], '{:.2g}')} | "
+                     f"{_fmt(r['time_ratio'], '{:.3g}x')} | {_fmt(r['memory_ratio'], '{:.2g}')} |")
     return lines + [""]
 
 
@@ -545,7 +567,8 @@ def render(out, plan: Dict[str, Any], records: Dict[str, Dict[str, Any]], tables
         "- Metrics: mean ± std over images and seeds (" + PLUS_MINUS.split(" = ", 1)[1].split(";")[0] + "); "
         "PSNR/SSIM (scikit-image) on magnitudes with the task's data "
         "range (default: each truth's peak); LPIPS (AlexNet) only where its weights exist; rel. L2 = ‖x−x*‖/‖x*‖; "
-        "‖Ax−y‖/‖y‖ = data consistency; time = sampler wall time per image (prior loading excluded); peak mem = "
+        "‖Ax−y‖/‖y‖ = data consistency; NFE = batched network calls per image (the samples of num_samples > 1 "
+        "share them); time = sampler wall time per image (prior loading excluded); peak mem = "
         "CUDA peak allocated or CPU resident-set growth"
         + (" (methods run in their own process: `isolate`)" if suite.get("isolate")
            or any(m.get("isolate") for m in suite["methods"]) else "")

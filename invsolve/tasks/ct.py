@@ -11,7 +11,10 @@ in sinogram units (line integrals of [0, 1] images in pixel units; a 64-pixel bo
 Task ``ct`` sources (``problem.source``):
 
 * ``example``: the real CT slices shipped with pydicom (never used to train the prior), windowed, cropped to the
-  body and resized to ``size`` (:func:`invsolve.data.ct.heldout_ct_slices`); ``index`` picks among them.
+  body and resized to ``size`` (:func:`invsolve.data.ct.heldout_ct_slices`); ``index`` picks among them (``[]``:
+  none). ``phantoms: n`` appends ``n`` procedural phantoms drawn by the prior's training generator from
+  ``phantom_seed`` (``sample_phantoms(n, size, Generator().manual_seed(phantom_seed))``; in distribution, named
+  ``phantom-seed<seed>-<i>``): the benchmarks test on seed 4242 and tune on seed 1234.
 * ``image``: ``.npy``/``.npz`` ``(H, W)`` or ``(B, H, W)`` in [0, 1] (``image_units: hu`` for Hounsfield units);
   its size must equal ``size`` unless ``resize: true``.
 * ``dicom``: a DICOM file or series directory (:func:`invsolve.data.ct.load_dicom`), HU windowed to [0, 1],
@@ -52,7 +55,7 @@ GEOMETRY = dict(geometry="sparse_view", beam="parallel", source_distance=None, n
                 step_degrees=1.0, start_degrees=0.0, angles_file=None, n_detectors=None, noise_sigma=0.0,
                 noise_seed=0)
 CT_DEFAULTS = dict(source="example", index=[0, 1, 2], path=None, key=None, size=64, resize=False,
-                   image_units="unit", crop_body=True, **GEOMETRY)
+                   image_units="unit", crop_body=True, phantoms=0, phantom_seed=4242, **GEOMETRY)
 VOLUME_DEFAULTS = dict(source="phantom3d", n_slices=32, seed=0, slice_spacing=2.0, index=0, path=None, key=None,
                        size=64, resize=False, image_units="unit", **GEOMETRY)
 
@@ -152,6 +155,24 @@ def _pick(x, names, index):
     return x[idx], [names[i] for i in idx]
 
 
+def _examples(index, size: int, phantoms: int, phantom_seed: int) -> Tuple[torch.Tensor, List[str]]:
+    """The selected real slices followed by ``phantoms`` procedural phantoms drawn from ``phantom_seed``."""
+    if int(phantoms) != phantoms or phantoms < 0:
+        raise ValueError(f"problem.phantoms must be an integer >= 0, got {phantoms!r}")
+    idx = [index] if isinstance(index, int) else list(index)
+    if idx:
+        x, names = _pick(*ct_data.heldout_ct_slices(size), idx)
+    else:
+        x, names = torch.zeros((0, 1, size, size)), []
+    if phantoms:
+        g = torch.Generator().manual_seed(int(phantom_seed))
+        x = torch.cat([x, ct_data.sample_phantoms(int(phantoms), size, g)])
+        names = list(names) + [f"phantom-seed{phantom_seed}-{i}" for i in range(int(phantoms))]
+    if not names:
+        raise ValueError("problem.index is empty and problem.phantoms is 0: the task has no image")
+    return x, names
+
+
 def _sinogram(path, key, angles, size, min_detectors: Optional[int] = None) -> torch.Tensor:
     if path is None:
         raise InputFileError("problem.path is required when problem.source='sinogram'")
@@ -175,8 +196,9 @@ def _sinogram(path, key, angles, size, min_detectors: Optional[int] = None) -> t
 
 @register_task("ct", CT_DEFAULTS, summary="parallel- or fan-beam CT, sparse view or limited angle (held-out real "
                                           "slices or your image / DICOM / sinogram)")
-def build(source, index, path, key, size, resize, image_units, crop_body, geometry, beam, source_distance, n_views,
-          arc_degrees, step_degrees, start_degrees, angles_file, n_detectors, noise_sigma, noise_seed) -> Problem:
+def build(source, index, path, key, size, resize, image_units, crop_body, phantoms, phantom_seed, geometry, beam,
+          source_distance, n_views, arc_degrees, step_degrees, start_degrees, angles_file, n_detectors, noise_sigma,
+          noise_seed) -> Problem:
     angles = angles_for(geometry, n_views, arc_degrees, step_degrees, start_degrees, angles_file, beam)
     if source == "sinogram":
         y = _sinogram(path, key, angles, size, min_detectors=2 if beam == "fan" else None)
@@ -185,8 +207,10 @@ def build(source, index, path, key, size, resize, image_units, crop_body, geomet
         return Problem(op, y, None, [f"{Path(path).stem}[{b}]" for b in range(y.shape[0])], meta=meta,
                        data_range=1.0, default_baselines=["fbp", "cg"])
     if source == "example":
-        x, names = _pick(*ct_data.heldout_ct_slices(size), index)
-        origin = "real pydicom CT slices (held out from prior training)"
+        x, names = _examples(index, size, phantoms, phantom_seed)
+        origin = "real pydicom CT slices (held out from prior training)" + (
+            f" + {phantoms} procedural phantoms (seed {phantom_seed}, the prior's training distribution)"
+            if phantoms else "")
     elif source == "image":
         x = _image_file(path, key, size, resize, image_units)
         names, origin = [f"{Path(path).stem}[{i}]" for i in range(x.shape[0])], str(path)

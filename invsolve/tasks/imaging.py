@@ -9,6 +9,9 @@ Images are RGB ``(B, 3, H, W)`` in [0, 1], the domain of the embedded ``natural`
 * ``image``: an image file (PNG/JPEG/TIFF via :func:`invsolve.data.natural.load_image`) or a ``.npy``/``.npz``
   array ``(H, W)``, ``(H, W, C)`` or ``(N, C, H, W)`` (``C`` 1 or 3) in [0, 1]; greyscale is replicated to RGB.
   Its size must equal ``size`` unless ``resize: true`` (centre square crop, antialiased resize).
+* ``train-crops``: ``crops`` random crops of the photos the ``natural`` prior was TRAINED on, drawn by its training
+  source from ``crop_seed`` (``index`` picks among them): validation images for tuning, never test images (they
+  flatter the prior, which has seen these photos).
 
 ``noise_sigma`` adds white Gaussian noise of that std (image units) to the measurement.
 """
@@ -28,7 +31,8 @@ from ..operators.sampling import Inpainting, SuperResolution, box_mask, random_m
 from . import Problem, register_task
 from .mri import _load_array
 
-SOURCE = dict(source="example", index=[0, 3, 6, 9], path=None, key=None, size=64, resize=False, noise_seed=0)
+SOURCE = dict(source="example", index=[0, 3, 6, 9], path=None, key=None, size=64, resize=False, noise_seed=0,
+              crops=8, crop_seed=1234)
 DEBLUR_DEFAULTS = dict(SOURCE, kernel="gaussian", kernel_size=15, kernel_sigma=2.0, motion_intensity=0.5,
                        kernel_seed=0, kernel_file=None, padding="circular", noise_sigma=0.01)
 INPAINT_DEFAULTS = dict(SOURCE, mask="random", fraction_missing=0.5, box_size=24, mask_seed=0, mask_file=None,
@@ -72,7 +76,24 @@ def _user_images(path, key, size, resize) -> torch.Tensor:
     return x
 
 
-def _images(source, index, path, key, size, resize):
+def _train_crops(crops: int, crop_seed: int, size: int):
+    from ..data.base import build_train_source
+
+    if int(crops) != crops or crops < 1:
+        raise ValueError(f"problem.crops must be an integer >= 1, got {crops!r}")
+    src = build_train_source("natural", image_size=size)
+    x = (src.sample(int(crops), torch.Generator().manual_seed(int(crop_seed)), "cpu") + 1) / 2
+    return x.clamp(0, 1), [f"train-crop-seed{crop_seed}-{i}" for i in range(int(crops))]
+
+
+def _images(source, index, path, key, size, resize, crops=8, crop_seed=1234):
+    if source == "train-crops":
+        x, names = _train_crops(crops, crop_seed, size)
+        idx = [index] if isinstance(index, int) else list(index)
+        bad = [i for i in idx if not 0 <= i < x.shape[0]]
+        if bad:
+            raise ValueError(f"problem.index {bad} out of range: problem.crops={crops} crops were drawn")
+        return x[idx], [names[i] for i in idx], "crops of the natural prior's TRAINING photos (validation only)"
     if source == "example":
         x, names = natural.heldout_photos(size)
         idx = [index] if isinstance(index, int) else list(index)
@@ -83,7 +104,7 @@ def _images(source, index, path, key, size, resize):
     if source == "image":
         x = _user_images(path, key, size, resize)
         return x, [f"{Path(path).stem}[{i}]" for i in range(x.shape[0])], str(path)
-    raise ValueError(f"problem.source must be 'example' or 'image', got {source!r}")
+    raise ValueError(f"problem.source must be 'example', 'image' or 'train-crops', got {source!r}")
 
 
 def _problem(op, x, names, origin, noise_sigma, noise_seed, meta, baselines) -> Problem:
@@ -113,9 +134,9 @@ def make_kernel(kernel, kernel_size, kernel_sigma, motion_intensity, kernel_seed
 
 @register_task("deblur", DEBLUR_DEFAULTS, summary="deblurring (Gaussian / uniform / motion / your kernel) of "
                                                   "held-out photos or your image")
-def build_deblur(source, index, path, key, size, resize, noise_seed, kernel, kernel_size, kernel_sigma,
-                 motion_intensity, kernel_seed, kernel_file, padding, noise_sigma) -> Problem:
-    x, names, origin = _images(source, index, path, key, size, resize)
+def build_deblur(source, index, path, key, size, resize, noise_seed, crops, crop_seed, kernel, kernel_size,
+                 kernel_sigma, motion_intensity, kernel_seed, kernel_file, padding, noise_sigma) -> Problem:
+    x, names, origin = _images(source, index, path, key, size, resize, crops, crop_seed)
     k = make_kernel(kernel, kernel_size, kernel_sigma, motion_intensity, kernel_seed, kernel_file)
     op = Blur(k, padding=padding, image_size=size)
     meta = {"kernel": kernel, "kernel_shape": list(op.kernel.shape), "padding": padding}
@@ -130,9 +151,9 @@ def build_deblur(source, index, path, key, size, resize, noise_seed, kernel, ker
 
 @register_task("inpaint", INPAINT_DEFAULTS, summary="inpainting (random pixels / box / your mask) of held-out "
                                                     "photos or your image")
-def build_inpaint(source, index, path, key, size, resize, noise_seed, mask, fraction_missing, box_size, mask_seed,
-                  mask_file, noise_sigma) -> Problem:
-    x, names, origin = _images(source, index, path, key, size, resize)
+def build_inpaint(source, index, path, key, size, resize, noise_seed, crops, crop_seed, mask, fraction_missing,
+                  box_size, mask_seed, mask_file, noise_sigma) -> Problem:
+    x, names, origin = _images(source, index, path, key, size, resize, crops, crop_seed)
     H, W = x.shape[-2:]
     if mask == "random":
         m = random_mask((H, W), fraction_missing, seed=mask_seed)
@@ -154,8 +175,9 @@ def build_inpaint(source, index, path, key, size, resize, noise_seed, mask, frac
 
 @register_task("sr", SR_DEFAULTS, summary="super-resolution (bicubic / average-pool downsampling) of held-out "
                                           "photos or your image")
-def build_sr(source, index, path, key, size, resize, noise_seed, factor, mode, noise_sigma) -> Problem:
-    x, names, origin = _images(source, index, path, key, size, resize)
+def build_sr(source, index, path, key, size, resize, noise_seed, crops, crop_seed, factor, mode,
+             noise_sigma) -> Problem:
+    x, names, origin = _images(source, index, path, key, size, resize, crops, crop_seed)
     op = SuperResolution(factor, mode, image_size=size)
     meta = {"factor": factor, "mode": mode}
     return _problem(op, x, names, origin, noise_sigma, noise_seed, meta, ["pinv", "wiener"])

@@ -3,7 +3,9 @@
 Sources (``problem.source``):
 
 * ``example``: built-in held-out brain slices (``mni``: the held-out MNI152 slab; ``dipy``: dipy's real T1
-  slice, out of distribution), simulated 8-coil k-space with the chosen mask and noise.
+  slice, out of distribution; ``mni-guard``: the 8 guard slices beside the slab, z = 92..95 and 112..115, never
+  trained on and disjoint from the test slab: validation images for tuning), simulated 8-coil k-space with the
+  chosen mask and noise.
 * ``image``: a ground-truth image file (``.npy``/``.npz``, real or complex, ``(H, W)`` or ``(B, H, W)``);
   k-space is simulated as for examples.
 * ``kspace``: measured multi-coil k-space ``(Nc, H, W)`` / ``(B, Nc, H, W)`` from ``.npy``/``.npz`` (key
@@ -67,8 +69,10 @@ def _images_from_source(source, example, index, path, key, size):
             x, names = mri_data.heldout_slices(size, n=len(mri_data.HELDOUT_Z))
         elif example == "dipy":
             x, names = mri_data.dipy_slice(size)
+        elif example == "mni-guard":
+            x, names = mri_data.guard_slices(size)
         else:
-            raise ValueError(f"problem.example must be 'mni' or 'dipy', got {example!r}")
+            raise ValueError(f"problem.example must be 'mni', 'dipy' or 'mni-guard', got {example!r}")
         bad = [i for i in idx if not 0 <= i < x.shape[0]]
         if bad:
             raise ValueError(f"problem.index {bad} out of range: example {example!r} has {x.shape[0]} images")
