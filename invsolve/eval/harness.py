@@ -20,7 +20,20 @@ A suite (YAML) is a grid of tasks × methods × images × seeds::
     figures: 3                          # images per figure grid (0: none)
     benchmarks: null                    # e.g. BENCHMARKS.md: regenerate this suite's section there
     retry_failed: false                 # rerun items whose result says "failed"
-    action: run                         # run | report (only rebuild tables/figures from the result files)
+    compare: [[dds, dps]]               # paired comparisons (per image and seed): mean difference ± SE, t-test
+    isolate: false                      # true: each method's items run in a fresh process (CPU peak memory)
+    force_report: false                 # true (or --force): report a partial result set into report.md
+    action: run                         # run | report (only rebuild tables/figures) | export-presets
+
+Validation and tuning. A task entry with ``split: validation`` is never reported as a test result; ``family``
+(default: the task name) groups it with the test tasks it tunes for. A method's ``tune:`` grid (``{knob: [values]}``
+for the Cartesian product, or a list of knob mappings; ``task_tune: {family: grid}`` per family) runs every point
+on the family's validation tasks (``tune_max_images``: the first n images); the point with the best mean
+``tune_metric`` (``psnr``; ``relative_l2`` is minimised) becomes the method's knobs on the family's test tasks and
+so part of their configuration hash (:mod:`invsolve.eval.tune`). ``knobs_from: other`` takes another method's
+chosen point (then this method's own options). A method may set its own ``seeds`` and ``num_samples``. The report
+writes ``tuned.yaml`` (the choices in the preset format) to the output directory; ``action=export-presets``
+(``--overwrite`` to replace) merges it into ``invsolve/presets/`` of a source checkout.
 
 Overrides address list entries by id: ``methods.dds.steps=20``, ``tasks.mri-4x.index=[0]``, ``seeds=[0,1]``.
 
@@ -35,7 +48,10 @@ to shards round-robin over the suite's item list (``--shards N --shard-index i``
 measurements) are built once and cached in ``cache/<task>.pt`` so every method and shard sees identical ``y``. A
 (task, method) pair that cannot work (linear-only sampler on a nonlinear operator, a prior of the wrong domain or
 size, a missing prior) is skipped and listed; tasks or samplers not registered in this build are reported as
-unavailable. Tables, figures and ``report.md`` come from :mod:`invsolve.eval.report`.
+unavailable. Tables, figures and ``report.md`` come from :mod:`invsolve.eval.report`; a report from a partial result
+set (items without a current result, e.g. a fresh clone) goes to ``partial/`` and changes nothing else unless forced.
+``plan.json`` and the report header describe the machine (:mod:`invsolve.eval.machine`); every item records its
+hardware, process, load average and prior revision.
 """
 from __future__ import annotations
 

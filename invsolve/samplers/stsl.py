@@ -31,13 +31,13 @@ Decisions we had to make (flagged [DESIGN] in ALGORITHMS.md):
   residual, so late steps do not oscillate around the data as constant-length steps do. The cap is ``cap`` times
   PSLD's unit step on ``||r||``: without it the step overshoots where ``||∇L||`` is small against ``||r||``. How much
   cap a problem wants depends on the prior (``benchmarks/bench_stsl_gaussian.py``,
-  ``benchmarks/bench_stsl_vs_psld.py``): on the analytic Gaussian test priors the posterior-mean error grows with it
+  ``configs/bench/stsl-vs-psld.yaml``): on the analytic Gaussian test priors the posterior-mean error grows with it
   (Gaussian 0.18 at cap 1, 0.71 at 4, 1.6 at 16, 23 unbounded), so the default is 1; on ``natural-latent`` the cap of
   1 bound most steps in the last third of sampling and left the data residual far above the noise on photos unlike the
   training set, and the best cap of 4 or 16 gained 0.7 / 1.7 / 0.8 dB (deblur / SR / inpaint) on the validation crops.
   The alternatives are the DPS rule ``rho ∇L / ||r||`` (``step="residual"``; ``rho = 0.5`` is PSLD's unit step) and a
   fixed step ``rho ∇L`` (``step="fixed"``). ``rho`` and ``cap`` were chosen on validation crops of the training photos
-  (``benchmarks/bench_stsl_vs_psld.py --validate``), never on held-out photos; the latent configs
+  (the validation tasks of ``configs/bench/stsl-vs-psld.yaml``), never on held-out photos; the latent configs
   (``configs/reconstruct/*_stsl.yaml``) set them per task (deblur rho 0.3 / cap 16, SR 1 / 16, inpaint 0.3 / 4). There
   the Polyak step gave 26.4 / 25.3 / 27.9 dB (deblur / SR / inpaint; 25.6 / 23.6 / 27.0 with cap 1) against 23.0 /
   19.0 / 22.1 dB for the best residual-rule ``rho``; on the held-out photos 20.0 / 20.2 / 22.9 dB (cap 1: 18.4 / 16.9

@@ -12,7 +12,7 @@
 ``reg="auto"`` sets ``reg = 100 σ̂²`` per item from the noise estimate ``σ̂ = median|h| / 0.6745`` of the finest
 Haar diagonal detail ``h`` of ``y`` (Donoho's MAD estimator). The factor 100 was picked on training-photo crops
 (never the held-out photos) for Gaussian, box and motion blur at noise 0.005–0.05 (that sweep is not kept in the
-repository); on the 8 validation crops of ``benchmarks/bench_ct_imaging_quality.py`` (Gaussian 15 px, σ = 2,
+repository); on the 8 validation crops of the earlier CT/imaging script (Gaussian 15 px, σ = 2,
 noise 0.01) it gives 26.41 dB against 26.19 dB for a fixed ``reg = 0.003``. The estimate assumes the finest detail of
 ``y`` is mostly noise, as it is after a blur; for super-resolution or inpainting give ``reg`` explicitly.
 """

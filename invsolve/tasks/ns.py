@@ -58,5 +58,5 @@ def build(source, index, path, key, size, solver_size, T, stride, noise_sigma, n
         y = y + noise_sigma * torch.randn(y.shape, generator=g)
     meta = {"T": T, "stride": stride, "noise_sigma_raw": noise_sigma, "noise_seed": noise_seed,
             "truth": "held-out 'test' stream" if source == "example" else str(path), "solver_size": solver_size,
-            "metric": "relative L2 in raw units (benchmarks/bench_enkg_ns.py)"}
+            "metric": "relative L2 in raw units (configs/bench/enkg-ns.yaml)"}
     return Problem(op, y, x, names, meta=meta, data_range=None, default_baselines=[])
