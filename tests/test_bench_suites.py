@@ -254,3 +254,37 @@ def test_prior_revision_names_the_weights(tmp_path):
     other = harness.prior_revision(str(tmp_path))
     assert other != rev and len(other) == 12
     assert harness.prior_revision("grf") == "grf"  # not a file-backed prior
+
+
+def test_whole_volume_items_are_scored_as_a_whole(tmp_path):
+    out = tmp_path / "out"
+    text = f"""
+name: vol
+output_dir: {out}
+tasks:
+  - {{id: vol, task: ct-volume, source: phantom3d, seed: 3, n_slices: 3, n_views: 8, whole: true}}
+methods:
+  - {{id: fbp, sampler: fbp}}
+  - {{id: dds-3d, sampler: dds-3d, steps: 2, options: {{rho: 0.025, lam: 0.0001}}}}
+device: cpu
+threads: 1
+lpips: false
+figures: 1
+"""
+    assert harness.main(_suite(tmp_path, text), [], progress=False) == 0
+    plan = report.load_plan(out)
+    assert plan["items"] == ["vol/fbp/i000_s0", "vol/dds-3d/i000_s0"]
+    assert plan["tasks"]["vol"]["names"] == ["slice000..slice002 (3 slices)"]
+    rec = json.loads((out / "items" / "vol" / "fbp" / "i000_s0.json").read_text())
+    x = np.load(out / "items" / "vol" / "fbp" / "i000_s0.npy")
+    from invsolve.tasks.ct import phantom_volume
+
+    ref = phantom_volume(3, 64, seed=3).numpy().astype(np.float64)
+    assert x.shape == ref.shape == (3, 1, 64, 64)
+    mse = ((x - ref) ** 2).reshape(3, -1).mean(1)
+    assert rec["metrics"]["psnr"] == pytest.approx(np.mean(10 * np.log10(1.0 / mse)), abs=1e-4)
+    dx, dr = np.diff(x, axis=0), np.diff(ref, axis=0)
+    assert rec["metrics"]["z_flicker_excess"] == pytest.approx(np.abs(dx).mean() - np.abs(dr).mean(), rel=1e-6)
+    assert rec["metrics"]["z_difference_rmse"] == pytest.approx(np.sqrt(((dx - dr) ** 2).mean()), rel=1e-6)
+    md = (out / "report.md").read_text()
+    assert "excess z-flicker" in md and "z-diff RMSE" in md and "metrics are means over its slices" in md

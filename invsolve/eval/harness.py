@@ -25,6 +25,10 @@ A suite (YAML) is a grid of tasks × methods × images × seeds::
     force_report: false                 # true (or --force): report a partial result set into report.md
     action: run                         # run | report (only rebuild tables/figures) | export-presets
 
+A task entry with ``whole: true`` is one item (image 0) made of the whole batch, e.g. a volume whose slices
+``dds-3d`` reconstructs together; its metrics are means over the slices plus the z-metrics of
+:mod:`invsolve.eval.metrics`.
+
 Validation and tuning. A task entry with ``split: validation`` is never reported as a test result; ``family``
 (default: the task name) groups it with the test tasks it tunes for. A method's ``tune:`` grid (``{knob: [values]}``
 for the Cartesian product, or a list of knob mappings; ``task_tune: {family: grid}`` per family) runs every point
@@ -85,7 +89,7 @@ METHOD_DEFAULTS: Dict[str, Any] = dict(id=None, sampler=None, prior=None, steps=
                                        tasks=None, max_images=None, data_scale="auto", tune=None, task_tune={},
                                        tune_metric="psnr", tune_max_images=None, knobs_from=None, seeds=None,
                                        num_samples=None, isolate=None)
-TASK_KEYS = ("id", "task", "split", "family")  # the other keys of a task entry are problem options
+TASK_KEYS = ("id", "task", "split", "family", "whole")  # the other keys of a task entry are problem options
 ACTIONS = ("run", "report", "export-presets")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_+-]*$")
 
@@ -304,6 +308,7 @@ def _prepare_tasks(plan: Plan, log):
     registered = []
     split = {t["id"]: t.get("split", "test") for t in plan.suite["tasks"]}
     family = {t["id"]: t.get("family", t["task"]) for t in plan.suite["tasks"]}
+    whole = {t["id"]: bool(t.get("whole", False)) for t in plan.suite["tasks"]}
     for t in plan.suite["tasks"]:  # validate every entry before building anything
         tid, opts = t["id"], {k: v for k, v in t.items() if k == "task" or k not in TASK_KEYS}
         try:
@@ -336,6 +341,9 @@ def _prepare_tasks(plan: Plan, log):
                 # results written by versions that keyed them by the options hash: same measurements, still valid
                 entry["legacy_hashes"] = sorted({before[0], entry["cache_key"]} - {entry["hash"]})
             entry["names"] = list(problem.names)
+            if whole[tid]:  # one item: the whole batch (a volume's slices), scored as a whole
+                entry["whole"] = len(problem.names)
+                entry["names"] = [f"{problem.names[0]}..{problem.names[-1]} ({len(problem.names)} slices)"]
             entry["has_truth"] = problem.x_true is not None
             entry["operator_family"] = getattr(problem.operator, "task_family", None) or opts["task"]
         plan.tasks[tid] = entry
@@ -629,8 +637,11 @@ def shard_from_env(shards: Optional[int], shard_index: Optional[int]) -> Tuple[i
 
 
 # ---------------------------------------------------------------------------------------------------- items
-def _select(problem, b: int):
-    """Operator, measurement and truth of batch item ``b`` (per-item operator buffers are sliced)."""
+def _select(problem, b: int, whole: bool = False):
+    """Operator, measurement and truth of batch item ``b`` (per-item operator buffers are sliced); ``whole``: the
+    whole batch (a volume whose slices a sampler reconstructs together)."""
+    if whole:
+        return problem.operator, problem.y, problem.x_true
     op = problem.operator
     B = op.batch_size()
     if B is not None:
@@ -646,16 +657,22 @@ def _select(problem, b: int):
     return op, problem.y[b:b + 1], x
 
 
-def _metrics(problem, op, y, x_true, x, want_lpips: bool) -> Dict[str, Any]:
+def _metrics(problem, op, y, x_true, x, want_lpips: bool, whole: bool = False) -> Dict[str, Any]:
+    """Per-item metrics; a ``whole`` item (a volume) gets the means over its slices and the z-metrics."""
     from . import metrics as M
 
-    out = {"psnr": M.psnr(x, x_true, problem.data_range)[0], "ssim": M.ssim(x, x_true, problem.data_range)[0],
-           "relative_l2": M.relative_l2(x, x_true)[0], "dc_residual": M.data_consistency(op, x, y)[0]}
+    def one(vals):
+        return float(np.mean(vals)) if whole else vals[0]
+
+    out = {"psnr": one(M.psnr(x, x_true, problem.data_range)), "ssim": one(M.ssim(x, x_true, problem.data_range)),
+           "relative_l2": one(M.relative_l2(x, x_true)), "dc_residual": one(M.data_consistency(op, x, y))}
+    if whole:
+        out.update(z_flicker_excess=M.z_flicker_excess(x, x_true), z_difference_rmse=M.z_difference_rmse(x, x_true))
     if not want_lpips:
         out["lpips"] = "unavailable: disabled in the suite (lpips: false)"
     else:
         try:
-            out["lpips"] = M.lpips(x, x_true, problem.data_range)[0]
+            out["lpips"] = one(M.lpips(x, x_true, problem.data_range))
         except (M.MetricUnavailable, ValueError) as e:
             out["lpips"] = f"unavailable: {e}"
     return out
@@ -676,7 +693,7 @@ def run_item(plan: Plan, item: Item, shard: Tuple[int, int]) -> Dict[str, Any]:
     }
     t0 = time.perf_counter()
     try:
-        op, y, x_true = _select(problem, item.image)
+        op, y, x_true = _select(problem, item.image, bool(task.get("whole")))
         prior_name = pair["prior"]
         rec["prior_revision"] = None if prior_name is None else prior_revision(prior_name)
         kn = dict(method["knobs"])
@@ -687,7 +704,7 @@ def run_item(plan: Plan, item: Item, shard: Tuple[int, int]) -> Dict[str, Any]:
         x = res.x.detach().cpu()
         if not bool(torch.isfinite(torch.view_as_real(x) if x.is_complex() else x).all()):
             raise FloatingPointError("the reconstruction has NaN/Inf values (the sampler diverged)")
-        rec["metrics"] = _metrics(problem, op, y, x_true, x, bool(plan.suite["lpips"]))
+        rec["metrics"] = _metrics(problem, op, y, x_true, x, bool(plan.suite["lpips"]), bool(task.get("whole")))
         rec.update(nfe=int(res.nfe), seconds=float(res.seconds), peak_memory=res.peak_memory,
                    solve_config=json_safe(res.config), status="ok", error=None)
         datasets.write_atomic(item.path(plan.out, ".npy"), lambda t: _save_npy(t, x.numpy()))

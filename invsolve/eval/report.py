@@ -34,6 +34,11 @@ METRICS: List[Tuple[str, str, int, str]] = [
     ("relative_l2", "rel. L2 ↓", -1, "{:.4f}"),
     ("dc_residual", "‖Ax−y‖/‖y‖", 0, "{:.2e}"),
 ]
+# shown only where a task has them (``whole: true`` volume items)
+EXTRA_METRICS: List[Tuple[str, str, int, str]] = [
+    ("z_flicker_excess", "excess z-flicker", 0, "{:.5f}"),
+    ("z_difference_rmse", "z-diff RMSE ↓", -1, "{:.5f}"),
+]
 ITEM_COLUMNS = ["task", "split", "method", "sampler", "image", "name", "seed", "status", "psnr", "ssim", "lpips",
                 "relative_l2", "dc_residual", "nfe", "seconds", "peak_memory_mib", "device", "hardware",
                 "finished_at", "lpips_note", "error"]
@@ -89,7 +94,7 @@ def summarize(plan: Dict[str, Any], records: Dict[str, Dict[str, Any]]) -> Dict[
                                    "knobs": _knob_text(plan, t["id"], m["id"]),
                                    "tuned": None if tuned is None else tuned["job"]}
             notes = set()
-            for key, *_ in METRICS:
+            for key, *_ in METRICS + EXTRA_METRICS:
                 vals = [_num(r["metrics"].get(key)) for r in ok]
                 notes |= {str(r["metrics"].get(key)) for r in ok if _num(r["metrics"].get(key)) is None}
                 row[key] = _stats([v for v in vals if v is not None])
@@ -135,19 +140,24 @@ def _best(rows: List[Dict[str, Any]], key: str, direction: int) -> Optional[floa
     return max(means) if direction > 0 else min(means)
 
 
+def _metrics_of(rows: List[Dict[str, Any]]) -> List[Tuple[str, str, int, str]]:
+    return METRICS + [m for m in EXTRA_METRICS if any(r.get(m[0]) is not None for r in rows)]
+
+
 def markdown_table(rows: List[Dict[str, Any]]) -> str:
     """Markdown table of :func:`summarize` rows; best mean per quality column in bold (ties all bold)."""
-    head = ["method", "sampler", "knobs", "n"] + [title for _, title, _, _ in METRICS] + \
+    metrics = _metrics_of(rows)
+    head = ["method", "sampler", "knobs", "n"] + [title for _, title, _, _ in metrics] + \
         ["NFE", "time (s)", "peak mem (MiB)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * (len(head) - 4)) + "|"]
-    best = {key: _best(rows, key, d) for key, _, d, _ in METRICS}
+    best = {key: _best(rows, key, d) for key, _, d, _ in metrics}
     for r in rows:
         waiting = r["planned"] - r["ok"] - r["failed"]
         n = f"{r['ok']}/{r['planned']}" + (f" ({r['failed']} failed)" if r["failed"] else "") + \
             (f" ({waiting} pending)" if waiting else "")
         knobs = (r.get("knobs") or "defaults") + (" (tuned)" if r.get("tuned") else "")
         cells = [r["method"], r["sampler"], knobs, n]
-        for key, _, _, fmt in METRICS:
+        for key, _, _, fmt in metrics:
             s = r[key]
             if s is None:
                 cells.append("n/a")
@@ -190,7 +200,8 @@ def write_csv(out, plan: Dict[str, Any], records: Dict[str, Dict[str, Any]],
 
     buf = io.StringIO()
     cols = ["task", "method", "sampler", "planned", "ok", "failed"]
-    stat_keys = [k for k, *_ in METRICS] + ["nfe", "seconds", "peak_memory_mib"]
+    stat_keys = [k for k, *_ in _metrics_of([r for rows in tables.values() for r in rows])] + \
+        ["nfe", "seconds", "peak_memory_mib"]
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(cols + [f"{k}_{s}" for k in stat_keys for s in ("mean", "std", "n")])
     for rows in tables.values():
@@ -366,11 +377,12 @@ def figures(out, plan: Dict[str, Any], records: Dict[str, Dict[str, Any]],
 
 # ---------------------------------------------------------------------------------------------------- markdown
 def _task_line(plan: Dict[str, Any], t: Dict[str, Any]) -> str:
-    given = ", ".join(f"{k}={v}" for k, v in t.items() if k not in ("id", "task", "split", "family"))
+    given = ", ".join(f"{k}={v}" for k, v in t.items() if k not in ("id", "task", "split", "family", "whole"))
     info = plan["tasks"][t["id"]]
     names = info.get("names") or []
     shown = ", ".join(names[:8]) + (f", … ({len(names)} images)" if len(names) > 8 else "")
-    return f"task `{t['task']}` ({given or 'defaults'}); images: {shown or 'n/a'}"
+    whole = "; one item per volume, metrics are means over its slices" if t.get("whole") else ""
+    return f"task `{t['task']}` ({given or 'defaults'}); images: {shown or 'n/a'}{whole}"
 
 
 # ---------------------------------------------------------------------------------------------------- tuning
@@ -425,7 +437,7 @@ def tuned_entries(plan: Dict[str, Any], tuning: Dict[str, Dict[str, Any]], out: 
 def _validation_line(plan: Dict[str, Any], task: str, variant: str) -> str:
     """``"mri-val: task mri (example=mni-guard, ...); images: mni-z94"`` with the images the variant ran on."""
     t = next(t for t in plan["suite"]["tasks"] if t["id"] == task)
-    given = ", ".join(f"{k}={v}" for k, v in t.items() if k not in ("id", "task", "split", "family"))
+    given = ", ".join(f"{k}={v}" for k, v in t.items() if k not in ("id", "task", "split", "family", "whole"))
     names = plan["tasks"][task].get("names") or []
     used = [names[i] for i in plan["pairs"].get(f"{task}/{variant}", {}).get("images", []) if i < len(names)]
     return f"{task}: task {t['task']} ({given or 'defaults'}), images {', '.join(used) or 'n/a'}"
