@@ -7,10 +7,15 @@
   per quality column in bold), then the pairs that do not apply, unavailable tasks/methods, failures, pending items;
 * ``figures/<task>.png``: truth | Aᴴy | each method, with error maps below; ``figures/<task>_std.png``: per-pixel
   posterior standard deviation when the suite draws ``num_samples > 1``;
+* paired comparisons (``compare:``), the validation tasks' tune grids with the chosen points, and ``tuned.yaml``
+  (the choices in the preset format of ``invsolve/presets/``);
 * optionally a section of ``BENCHMARKS.md`` between ``<!-- suite:NAME:begin -->`` and ``<!-- suite:NAME:end -->``
-  (other sections are kept), with the command that reproduces it, the hardware and the dates.
+  (other sections are kept), with the command that reproduces it, the machine and the dates.
+  :func:`update_section` is the one writer of BENCHMARKS.md (the benchmark scripts use it too).
 
-Running it twice on the same files gives the same tables: it is the merge step of a sharded run.
+Running it twice on the same files gives the same tables: it is the merge step of a sharded run. A partial result
+set (planned items without a current result) is reported into ``partial/`` and destroys nothing (see
+:func:`write_report`).
 """
 from __future__ import annotations
 
@@ -451,16 +456,18 @@ def _tuning_md(h: str, tuning: Dict[str, Dict[str, Any]]) -> List[str]:
         metric = job["metric"]
         state = (f"chosen: **{job['rows'][job['chosen']]['label']}**" if job["chosen"] is not None
                  else "no choice yet (validation results missing or every point failed)")
+        own = metric not in ("psnr", "ssim")  # the criterion gets its own column
         lines += [f"{h}## Tuning `{job['method']}` on family `{job['family']}` (validation tasks "
                   f"{', '.join('`' + v + '`' for v in job['validation_tasks'])})", "",
                   f"Rule: best mean {metric} over every validation item of a point (ties within "
                   f"{tune.METRICS[metric][1]:g}: fewer NFE, then grid order); {state}.", "",
-                  "| knobs | n | mean PSNR (dB) | mean SSIM | mean NFE | mean time (s) |",
-                  "|---|---|---:|---:|---:|---:|"]
+                  "| knobs | n | " + (f"mean {metric} | " if own else "") + "mean PSNR (dB) | mean SSIM | mean NFE | "
+                  "mean time (s) |", "|---|---|" + ("---:|" if own else "") + "---:|---:|---:|---:|"]
         for i, r in enumerate(job["rows"]):
             n = f"{r['ok']}/{r['planned']}" + (f" ({r['failed']} failed)" if r["failed"] else "")
-            cells = [_fmt(r["psnr"], "{:.2f}"), _fmt(r["ssim"], "{:.4f}"), _fmt(r["nfe"], "{:.0f}"),
-                     _fmt(r["seconds"], "{:.1f}")]
+            cells = ([_fmt(r["mean"], "{:.4f}")] if own else []) + [
+                _fmt(r["psnr"], "{:.2f}"), _fmt(r["ssim"], "{:.4f}"), _fmt(r["nfe"], "{:.0f}"),
+                _fmt(r["seconds"], "{:.1f}")]
             label = f"**{r['label']}** (chosen)" if i == job["chosen"] else r["label"]
             lines.append(f"| {label} | {n} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -494,7 +501,10 @@ def comparisons(plan: Dict[str, Any], records: Dict[str, Dict[str, Any]]) -> Lis
                    "time_ratio": _ratio([rb[k].get("seconds") for k in keys], [ra[k].get("seconds") for k in keys]),
                    "memory_ratio": _ratio([ra[k].get("peak_memory") for k in keys],
                                           [rb[k].get("peak_memory") for k in keys])}
-            for metric in ("psnr", "ssim"):
+            for metric in ("psnr", "ssim", "relative_l2"):
+                if not all(_num(r[k]["metrics"].get(metric)) is not None for r in (ra, rb) for k in keys):
+                    row[metric] = None
+                    continue
                 xa = np.array([ra[k]["metrics"][metric] for k in keys], dtype=np.float64)
                 xb = np.array([rb[k]["metrics"][metric] for k in keys], dtype=np.float64)
                 d = xa - xb
@@ -521,14 +531,21 @@ def _compare_md(h: str, rows: List[Dict[str, Any]]) -> List[str]:
              "mean difference ± standard error of the mean difference, two-sided paired t-test p-value, the "
              "number of pairs a wins; speed-up = mean time of b / mean time of a, memory ratio = mean peak memory "
              "of a / of b.", "",
-             "| task | a | b | pairs | PSNR a | PSNR b | Δ PSNR (dB) | p | a better | Δ SSIM | p (SSIM) | speed-up | "
-             "memory a/b |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| task | a | b | pairs | PSNR a | PSNR b | Δ PSNR (dB) | p | a better | Δ SSIM | p (SSIM) | Δ rel. L2 | "
+             "speed-up | memory a/b |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def diff(d, fmt):
+        if d is None:
+            return "n/a"
+        return fmt.format(d["diff"]) + (f" ± {fmt.format(d['se']).lstrip('+')}" if d["se"] is not None else "")
+
     for r in rows:
         P, S = r["psnr"], r["ssim"]
-        dp = f"{P['diff']:+.2f}" + (f" ± {P['se']:.2f}" if P["se"] is not None else "")
-        ds = f"{S['diff']:+.4f}" + (f" ± {S['se']:.4f}" if S["se"] is not None else "")
-        lines.append(f"| {r['task']} | {r['a']} | {r['b']} | {r['n']} | {P['a']:.2f} | {P['b']:.2f} | {dp} | "
-                     f"{_fmt(P['p'], '{:.2g}')} | {P['wins']}/{r['n']} | {ds} | {_fmt(S['p'], '{:.2g}')} | "
+        if P is None:
+            continue
+        lines.append(f"| {r['task']} | {r['a']} | {r['b']} | {r['n']} | {P['a']:.2f} | {P['b']:.2f} | "
+                     f"{diff(P, '{:+.2f}')} | {_fmt(P['p'], '{:.2g}')} | {P['wins']}/{r['n']} | {diff(S, '{:+.4f}')} | "
+                     f"{_fmt(S and S['p'], '{:.2g}')} | {diff(r['relative_l2'], '{:+.4f}')} | "
                      f"{_fmt(r['time_ratio'], '{:.3g}x')} | {_fmt(r['memory_ratio'], '{:.2g}')} |")
     return lines + [""]
 
