@@ -969,6 +969,8 @@ def run(suite: Dict[str, Any], suite_path, overrides: Sequence[str] = (), shards
                 else:
                     _run_items(plan, group, retry, (index, n_shards), counts, bar, log, (start, len(todo)))
                 start += len(group)
+                resolve_tuning(plan)  # keep plan.json current (tune choices, test hashes) during a long run
+                write_plan(plan, command)
             if bar is not None:
                 bar.close()
             resolve_tuning(plan)
