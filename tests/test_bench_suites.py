@@ -288,3 +288,18 @@ figures: 1
     assert rec["metrics"]["z_difference_rmse"] == pytest.approx(np.sqrt(((dx - dr) ** 2).mean()), rel=1e-6)
     md = (out / "report.md").read_text()
     assert "excess z-flicker" in md and "z-diff RMSE" in md and "metrics are means over its slices" in md
+
+
+def test_export_refuses_presets_it_could_not_tell_apart(tmp_path):
+    entry = {"task": "ct", "sampler": "dds", "noise": "noiseless", "knobs": {"dc": "normal"}, "validation": "v",
+             "source": "s"}
+    tuned = tmp_path / "tuned.yaml"
+    tuned.write_text(tune.dump_documents([{"prior": "ct-phantom", "presets": [
+        dict(entry, id="ct-sparse-dds-noiseless"), dict(entry, id="ct-limited-dds-noiseless")]}]))
+    with pytest.raises(InvsolveError, match="same lookup key .*export_ids"):
+        tune.export_presets(tuned, presets_dir=tmp_path / "p")
+    assert not (tmp_path / "p").exists()
+    (path,) = tune.export_presets(tuned, presets_dir=tmp_path / "p", ids=["ct-sparse-dds-noiseless"])
+    assert [e["id"] for e in yaml.safe_load(path.read_text())["presets"]] == ["ct-sparse-dds-noiseless"]
+    with pytest.raises(InvsolveError, match=r"export_ids names preset\(s\) \['nope'\]"):
+        tune.export_presets(tuned, presets_dir=tmp_path / "p", ids=["nope"])

@@ -24,6 +24,7 @@ A suite (YAML) is a grid of tasks × methods × images × seeds::
     isolate: false                      # true: each method's items run in a fresh process (CPU peak memory)
     force_report: false                 # true (or --force): report a partial result set into report.md
     action: run                         # run | report (only rebuild tables/figures) | export-presets
+    export_ids: null                    # export-presets: only these preset ids of tuned.yaml (default: all)
 
 A task entry with ``whole: true`` is one item (image 0) made of the whole batch, e.g. a volume whose slices
 ``dds-3d`` reconstructs together; its metrics are means over the slices plus the z-metrics of
@@ -84,7 +85,7 @@ from .machine import hardware, load_average
 SUITE_DEFAULTS: Dict[str, Any] = dict(name=None, description="", output_dir=None, tasks=[], methods=[], seeds=[0],
                                       num_samples=1, device=None, threads=None, lpips=True, figures=3,
                                       benchmarks=None, retry_failed=False, action="run", compare=[], isolate=False,
-                                      force_report=False, overwrite=False)
+                                      force_report=False, overwrite=False, export_ids=None)
 METHOD_DEFAULTS: Dict[str, Any] = dict(id=None, sampler=None, prior=None, steps=None, options={}, task_options={},
                                        tasks=None, max_images=None, data_scale="auto", tune=None, task_tune={},
                                        tune_metric="psnr", tune_max_images=None, knobs_from=None, seeds=None,
@@ -923,7 +924,8 @@ def run(suite: Dict[str, Any], suite_path, overrides: Sequence[str] = (), shards
     if suite["action"] == "export-presets":
         from . import tune
 
-        files = tune.export_presets(Path(suite["output_dir"]) / "tuned.yaml", overwrite=bool(suite["overwrite"]))
+        files = tune.export_presets(Path(suite["output_dir"]) / "tuned.yaml", overwrite=bool(suite["overwrite"]),
+                                    ids=suite["export_ids"])
         log("exported presets to " + ", ".join(str(f) for f in files))
         return {"items": 0, "mine": 0, "done_before": 0, "ok": 0, "failed": 0, "failed_total": 0, "pending": 0,
                 "report": None, "exported": [str(f) for f in files]}

@@ -183,16 +183,35 @@ def source_checkout() -> Path:
     return pkg
 
 
-def export_presets(tuned_path, overwrite: bool = False, presets_dir=None) -> List[Path]:
-    """Merge the presets of ``tuned_path`` into ``presets_dir`` (default: ``invsolve/presets/`` of this source
-    checkout), one ``<prior>.yaml`` per prior; returns the files written.
+def export_presets(tuned_path, overwrite: bool = False, presets_dir=None, ids: Optional[Sequence[str]] = None
+                   ) -> List[Path]:
+    """Merge the presets of ``tuned_path`` (only those in ``ids`` if given) into ``presets_dir`` (default:
+    ``invsolve/presets/`` of this source checkout), one ``<prior>.yaml`` per prior; returns the files written.
 
-    Refuses, before writing anything, a preset whose id already exists in the target file, or another preset there
-    for the same (task, sampler, noise), unless ``overwrite`` (then those are replaced).
+    Refuses, before writing anything: two exported presets with the same lookup key (prior, task, sampler, noise),
+    which ``find`` could not tell apart (choose with ``ids``); a preset whose id already exists in the target file,
+    or another preset there for the same (task, sampler, noise), unless ``overwrite`` (then those are replaced).
     """
     from .datasets import write_atomic
 
     docs = read_documents(tuned_path)
+    if ids is not None:
+        known = {e["id"] for d in docs for e in d["presets"]}
+        unknown = sorted(set(ids) - known)
+        if unknown:
+            raise InvsolveError(f"export_ids names preset(s) {unknown} that {tuned_path} does not have; it has "
+                                f"{sorted(known)}")
+        docs = [{**d, "presets": [e for e in d["presets"] if e["id"] in ids]} for d in docs]
+        docs = [d for d in docs if d["presets"]]
+    for d in docs:
+        seen: Dict[Tuple[str, str, str], str] = {}
+        for e in d["presets"]:
+            key = (e["task"], e["sampler"], e["noise"])
+            if key in seen:
+                raise InvsolveError(f"presets {seen[key]!r} and {e['id']!r} of prior {d['prior']!r} have the same "
+                                    f"lookup key (task {key[0]}, sampler {key[1]}, noise {key[2]}); export one of "
+                                    f"them with export_ids=[...]")
+            seen[key] = e["id"]
     target = Path(presets_dir) if presets_dir is not None else source_checkout() / "presets"
     plans: List[Tuple[Path, Dict[str, Any]]] = []
     conflicts = []
