@@ -31,13 +31,13 @@ from ..operators.sampling import Inpainting, SuperResolution, box_mask, random_m
 from . import Problem, register_task
 from .mri import _load_array
 
-SOURCE = dict(source="example", index=[0, 3, 6, 9], path=None, key=None, size=64, resize=False, noise_seed=0,
-              crops=8, crop_seed=1234)
-DEBLUR_DEFAULTS = dict(SOURCE, kernel="gaussian", kernel_size=15, kernel_sigma=2.0, motion_intensity=0.5,
+SOURCE = dict(source="example", index=[0, 3, 6, 9], path=None, key=None, size=64, resize=False, noise_seed=0)
+CROPS = dict(crops=8, crop_seed=1234)  # source: train-crops
+DEBLUR_DEFAULTS = dict(SOURCE, **CROPS, kernel="gaussian", kernel_size=15, kernel_sigma=2.0, motion_intensity=0.5,
                        kernel_seed=0, kernel_file=None, padding="circular", noise_sigma=0.01)
-INPAINT_DEFAULTS = dict(SOURCE, mask="random", fraction_missing=0.5, box_size=24, mask_seed=0, mask_file=None,
+INPAINT_DEFAULTS = dict(SOURCE, **CROPS, mask="random", fraction_missing=0.5, box_size=24, mask_seed=0, mask_file=None,
                         noise_sigma=0.0)
-SR_DEFAULTS = dict(SOURCE, factor=4, mode="bicubic", noise_sigma=0.0)
+SR_DEFAULTS = dict(SOURCE, **CROPS, factor=4, mode="bicubic", noise_sigma=0.0)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
