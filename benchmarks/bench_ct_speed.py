@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
@@ -27,7 +26,7 @@ from skimage.transform import radon, resize
 from invsolve.operators.ct import ParallelBeamCT, sparse_view_angles
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import update_benchmarks_md  # noqa: E402
+from _common import machine, update_benchmarks_md  # noqa: E402
 
 BATCH, SIZE, VIEWS = 16, 128, 180
 
@@ -50,8 +49,9 @@ def markdown(r: dict) -> str:
     return "\n".join([
         "## ParallelBeamCT speed vs scikit-image's radon (issue #3)", "",
         f"Batch {st['batch']} at {st['image_size']}x{st['image_size']}, {st['n_views']} views over [0, pi), "
-        f"{st['n_detectors']} detectors, float32 on the CPU ({m['cpu_count']} cores, {m['torch_threads']} torch "
-        f"threads, load average {m['load_average_1min']:.1f}); medians of {st['runs']} runs. Ours is timed for the "
+        f"{st['n_detectors']} detectors, float32 on the CPU ({m.get('cores', m.get('cpu_count'))} cores, "
+        f"{m['torch_threads']} torch threads, load average {m.get('load_average', m.get('load_average_1min')):.1f});"
+        f" medians of {st['runs']} runs. Ours is timed for the "
         f"forward projection *and* its adjoint on the whole batch; `skimage.transform.radon` (forward only, "
         f"`circle=False`) on {st['skimage_images_per_run']} images per run. Reproduce: "
         "`python benchmarks/bench_ct_speed.py`; result: `benchmarks/results/ct_speed.json`.", "",
@@ -98,9 +98,7 @@ def main():
         "benchmark": "ParallelBeamCT forward+adjoint vs skimage.transform.radon (forward), per image",
         "setting": {"batch": BATCH, "image_size": SIZE, "n_views": VIEWS, "n_detectors": op.n_detectors,
                     "dtype": "float32", "device": "cpu", "runs": args.runs, "skimage_images_per_run": k},
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "load_average_1min": os.getloadavg()[0]},
+        "machine": {**machine(), "platform": platform.platform()},
         "versions": {"torch": torch.__version__, "skimage": skimage.__version__, "numpy": np.__version__},
         "seconds": {
             "operator_build": build_s,

@@ -33,7 +33,7 @@ import torch
 from invsolve.operators.blackbox import BlackBox
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import update_benchmarks_md  # noqa: E402
+from _common import machine, update_benchmarks_md  # noqa: E402
 
 ENVS = (("default_env", None),
         ("mmap_threshold_16MiB", {"MALLOC_MMAP_THRESHOLD_": 16777216}),
@@ -163,6 +163,7 @@ def main():
         "MALLOC_TRIM_THRESHOLD_ to 1 GiB",
         "worker_environments": {k: v for k, v in envs},
         "cpu_count": os.cpu_count(),
+        "machine": machine(),
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "cpu_pressure_before": pressure_before,

@@ -80,7 +80,8 @@ def main():
     write_result(f"dds_speed_{dev.type}", out)
     m = out["machine"]
     lines = [f"## DDS cost per step on {dev.type.upper()} (issue #2)", "",
-             f"{m['device']}, {m['torch_threads']} torch thread(s), {m['date']}. 64×64, 8 coils, 4x mask; "
+             f"{m.get('gpu') or m.get('cpu', m['device'])}, {m['torch_threads']} torch thread(s), {m['date'][:10]}. "
+             "64×64, 8 coils, 4x mask; "
              "network = one Tweedie call of `mri-brain`, data consistency = Aᴴy plus 5 CG iterations on "
              "(I + γAᴴA). The last column is the slope of CG wall time against the iteration count divided by "
              "one `normal()` call (goal ≤ 1.3): the cost of CG beyond the operator itself. Medians of repeated "

@@ -30,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--shards", type=int, default=None, help="split the items into N shards")
     e.add_argument("--shard-index", type=int, default=None, help="which shard this process runs (0-based)")
     e.add_argument("--no-progress", action="store_true")
+    e.add_argument("--force", action="store_true", help="report from a partial result set into report.md and "
+                   "BENCHMARKS.md (default: a partial report goes to OUTPUT_DIR/partial/)")
+    e.add_argument("--overwrite", action="store_true", help="action=export-presets: replace existing presets")
 
     t = sub.add_parser("train-prior", parents=[common], help="train a diffusion prior from a recipe",
                        description="Train (or resume) a prior into its own run directory (default "
@@ -156,7 +159,7 @@ def _run(args) -> int:
 
             raise InvsolveError("the evaluation harness is not available in this build") from None
         return eval_main(args.suite, args.overrides, shards=args.shards, shard_index=args.shard_index,
-                         progress=not args.no_progress) or 0
+                         progress=not args.no_progress, force=args.force, overwrite=args.overwrite) or 0
     if args.command == "train-prior":
         if not args.export_embedded:
             print("[train-prior] reading the recipe and loading torch / diffusers ...", file=sys.stderr, flush=True)

@@ -1,7 +1,7 @@
 """Issue #3: CT / deblur / inpaint / SR tasks, their configs, the ``dds-3d`` and ``wiener`` samplers (CPU, fast).
 
 The full quality gates (50 DDS steps on the held-out test images) are ``@pytest.mark.slow``; the reported numbers
-come from ``benchmarks/bench_ct_imaging_quality.py``.
+come from the CT/imaging benchmark (``configs/bench/ct.yaml``, ``configs/bench/imaging.yaml``).
 """
 import json
 from pathlib import Path
@@ -238,7 +238,7 @@ def test_dds_beats_fbp_and_cg_on_limited_angle_heldout_ct(ct_prior):
 
 
 # task -> (classical baselines with their knobs, DDS knobs): exactly the benchmark's rows for the 12 held-out crops
-# (benchmarks/bench_ct_imaging_quality.py, knobs chosen on validation crops of the training photos). One DDS sample
+# (configs/bench/imaging.yaml, knobs chosen on validation crops of the training photos). One DDS sample
 # does not beat the baselines there; the posterior mean of K samples does (deblur, SR: K = 8; inpainting: K = 16,
 # warm-started from the harmonic fill). Each case runs 400 or 240 network calls per image: minutes to half an hour.
 IMAGING = {"deblur": ([("wiener", {})], dict(gamma=10.0, num_samples=8)),

@@ -69,14 +69,14 @@ def test_single_run_outputs(single):
     ok, reason = metrics.lpips_status()
     assert isinstance(rec["metrics"]["lpips"], float) if ok else rec["metrics"]["lpips"] == f"unavailable: {reason}"
     md = (single / "report.md").read_text()
-    assert "| dds | dds | 2/2 |" in md and "invsolve evaluate" in md and "figures/mri-4x.png" in md
+    assert "| dds | dds | steps=2, gamma=10 | 2/2 |" in md and "invsolve evaluate" in md and "figures/mri-4x.png" in md
     assert (single / "figures" / "mri-4x.png").stat().st_size > 10_000
     with open(single / "table.csv") as f:  # the best mean PSNR of a task is bold in report.md, the others not
         rows4 = [r for r in csv.DictReader(f) if r["task"] == "mri-4x"]
     best = max(rows4, key=lambda r: float(r["psnr_mean"]))["method"]
     for r in rows4:
         line = next(ln for ln in md.splitlines() if ln.startswith(f"| {r['method']} |"))
-        assert line.split(" | ")[3].startswith("**") == (r["method"] == best)
+        assert line.split(" | ")[4].startswith("**") == (r["method"] == best)
 
 
 def test_sigkill_then_resume_runs_every_item_exactly_once(single, tmp_path):
@@ -165,6 +165,51 @@ def test_report_from_a_clone_without_reconstructions_keeps_the_figures(single, t
     assert {p.name: p.read_bytes() for p in sorted((out / "figures").glob("*.png"))} == before
     text = (out / "report.md").read_text()
     assert "figures/" in text and "Figure kept from an earlier run" in text
+
+
+def _snapshot(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in Path(root).rglob("*")
+            if p.is_file() and "partial" not in p.relative_to(root).parts}
+
+
+def test_report_on_a_partial_copy_destroys_nothing(single, tmp_path, capsys):
+    """A fresh clone or a copy with some result files missing: the report goes to partial/ and names what is
+    missing; report.md, the tables, figures, plan.json and the BENCHMARKS.md section stay byte-identical unless
+    forced."""
+    out = tmp_path / "copy"
+    shutil.copytree(single, out)
+    bench = tmp_path / "BENCHMARKS.md"
+    assert harness.main(SMOKE, [f"output_dir={out}", "action=report", f"benchmarks={bench}"], progress=False) == 0
+    assert "9 ok + 0 failed + 0 pending" in bench.read_text()
+    gone = ["mri-4x/dds/i001_s0", "mri-8x-dipy/cg-sense/i000_s0"]
+    for key in gone:
+        (out / "items" / f"{key}.json").unlink()
+    before, bench_before = _snapshot(out), bench.read_bytes()
+    capsys.readouterr()
+    assert harness.main(SMOKE, [f"output_dir={out}", "action=report", f"benchmarks={bench}"], progress=False) == 0
+    log = capsys.readouterr().out
+    assert _snapshot(out) == before and bench.read_bytes() == bench_before
+    assert "PARTIAL result set: 2 of 9" in log and "--force" in log
+    partial = (out / "partial" / "report.md").read_text()
+    assert "PARTIAL RESULTS" in partial and "2 of 9 planned items have no current result" in partial
+    assert all(f"`{k}`" in partial for k in gone) and "7 ok + 0 failed + 2 pending" in partial
+    assert [r["status"] for r in csv.DictReader(open(out / "partial" / "results.csv"))].count("pending") == 2
+
+    assert harness.main(SMOKE, [f"output_dir={out}", "action=report", f"benchmarks={bench}"], progress=False,
+                        force=True) == 0  # forced: the main report and the section say what is missing
+    assert "PARTIAL RESULTS" in (out / "report.md").read_text() and "PARTIAL RESULTS" in bench.read_text()
+    assert "7 ok + 0 failed + 2 pending" in bench.read_text()
+
+
+def test_isolated_methods_run_in_their_own_processes(single, tmp_path):
+    out = _with_cache(single, tmp_path / "isolated")
+    assert harness.main(SMOKE, [f"output_dir={out}", "isolate=true"], progress=False) == 0
+    recs = [json.loads(p.read_text()) for p in (out / "items").rglob("*.json")]
+    pids = {m: {r["process"] for r in recs if r["method"] == m} for m in {r["method"] for r in recs}}
+    assert all(len(v) == 1 for v in pids.values()), pids  # one process per method ...
+    assert len({next(iter(v)) for v in pids.values()}) == 3 and os.getpid() not in set().union(*pids.values())
+    assert _quality(out) == _quality(single)  # ... computing exactly what one process computes
+    assert not list(out.glob(".worker-*"))
 
 
 def test_content_hash_does_not_depend_on_the_thread_count(tmp_path):

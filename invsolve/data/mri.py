@@ -175,6 +175,19 @@ def validation_slices(size: int = 64, seed: int = 99) -> Tuple[torch.Tensor, Lis
     return to_complex(mag, smooth_phase(len(VALIDATION_Z), size, g, "cpu")), [f"mni-z{k}" for k in VALIDATION_Z]
 
 
+def guard_z() -> List[int]:
+    """The guard slices on either side of the held-out slab: never trained on and never tested on (validation)."""
+    return [HELDOUT_Z[0] - GUARD + k for k in range(GUARD)] + [HELDOUT_Z[-1] + 1 + k for k in range(GUARD)]
+
+
+def guard_slices(size: int = 64, seed: int = 99) -> Tuple[torch.Tensor, List[str]]:
+    """Validation images: the guard slices (:func:`guard_z`, z = 92..95 and 112..115), complex64
+    ``(8, 1, size, size)`` with a smooth phase drawn from ``seed``, and their names ``mni-z<k>``."""
+    z = guard_z()
+    g = torch.Generator().manual_seed(seed)
+    return to_complex(axial_slices(z, size), smooth_phase(len(z), size, g, "cpu")), [f"mni-z{k}" for k in z]
+
+
 def dipy_slice(size: int = 64, seed: int = 4321) -> Tuple[torch.Tensor, List[str]]:
     """dipy's real T1 coronal slice (another subject/scanner; out of distribution), complex ``(1, 1, size, size)``."""
     try:

@@ -7,6 +7,8 @@
 * SSIM comes from scikit-image (``structural_similarity``, Gaussian window, σ = 1.5, as in Wang et al. 2004).
 * ``relative_l2`` is ``||x - ref|| / ||ref||`` on the raw values (physical fields).
 * ``data_consistency`` is ``||A(x) - y|| / ||y||`` in measurement space.
+* ``z_flicker_excess`` / ``z_difference_rmse`` compare a volume's slice-to-slice changes with the reference's
+  (slices along the batch axis).
 * ``lpips`` (AlexNet) runs only when its weights are already on disk; otherwise :class:`MetricUnavailable` says
   why (never a substitute number).
 All functions take ``(B, C, H, W)`` tensors (or ``(C, H, W)`` / ``(H, W)``) and return one value per item.
@@ -168,3 +170,18 @@ def lpips(x, ref, data_range: Optional[float] = None) -> List[float]:
 
     with torch.no_grad():
         return model(prep(x), prep(ref)).flatten().double().tolist()
+
+
+def z_flicker_excess(x, ref) -> float:
+    """Mean ``|x_{k+1} - x_k|`` over consecutive slices of ``x`` minus the same for ``ref`` (volumes ``(Z, ...)``,
+    magnitudes): > 0 is flicker the truth does not have, < 0 is smoothing along z."""
+    x, ref = _mag(_batch(x)), _mag(_batch(ref))
+    _check(x, ref)
+    return float((x[1:] - x[:-1]).abs().mean() - (ref[1:] - ref[:-1]).abs().mean())
+
+
+def z_difference_rmse(x, ref) -> float:
+    """RMS error of the slice-to-slice differences, ``rms((x_{k+1} - x_k) - (ref_{k+1} - ref_k))``."""
+    x, ref = _mag(_batch(x)), _mag(_batch(ref))
+    _check(x, ref)
+    return float(((x[1:] - x[:-1]) - (ref[1:] - ref[:-1])).square().mean().sqrt())

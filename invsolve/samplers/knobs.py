@@ -49,6 +49,7 @@ class Knob:
     inf_ok: bool = False
     callable_ok: bool = False
     length: Optional[int] = None
+    empty_ok: bool = False
 
     def describe(self) -> str:
         """Accepted values in words, e.g. ``"a number in [0, 1]"``, ``"None or an integer >= 1"``."""
@@ -64,7 +65,8 @@ class Knob:
             txt = "a string"
         elif self.kind == "ints":
             each = _range_text(self)
-            txt = (f"a list of {self.length} integers" if self.length else "an integer or a list of integers") + (
+            txt = (f"a list of {self.length} integers" if self.length else "an integer or a list of integers"
+                   + (" (possibly empty)" if self.empty_ok else "")) + (
                 f", each{each}" if each else "")
         else:
             noun = "an integer" if self.kind == "int" else "a number"
@@ -124,7 +126,7 @@ class Knob:
     def _check_ints(self, value: Any, where: str):
         scalar = not isinstance(value, (list, tuple))
         items = [value] if scalar else list(value)
-        ok = (not scalar or self.length is None) and len(items) > 0 and (self.length is None
+        ok = (not scalar or self.length is None) and (len(items) > 0 or self.empty_ok) and (self.length is None
                                                                        or len(items) == self.length)
         if ok and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in items):
             if all(_in_range(self, int(v)) for v in items):
@@ -180,9 +182,10 @@ def Str(*, optional: bool = False, doc: str = "") -> Knob:
 
 
 def Ints(low: Optional[int] = None, high: Optional[int] = None, *, length: Optional[int] = None,
-         optional: bool = False, doc: str = "") -> Knob:
-    """An integer or a non-empty list of integers in ``[low, high]``; ``length``: a list of exactly that many."""
-    return Knob("ints", low, high, optional=optional, doc=doc, length=length)
+         optional: bool = False, empty_ok: bool = False, doc: str = "") -> Knob:
+    """An integer or a non-empty list of integers in ``[low, high]``; ``length``: a list of exactly that many;
+    ``empty_ok``: the empty list too."""
+    return Knob("ints", low, high, optional=optional, doc=doc, length=length, empty_ok=empty_ok)
 
 
 def Bool(doc: str = "") -> Knob:

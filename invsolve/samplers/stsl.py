@@ -23,12 +23,27 @@ Decisions we had to make (the measurements behind them: docs/tuning.md):
 * start: the encoded back-projection ``E(Aᵀy)`` forward-diffused to the top of the DDIM grid (``init``);
   deterministic DDIM (``eta_DDIM = 0``); the final latent is the Tweedie estimate at ``t = 0``;
 * the data term is the squared norm with weight ``lam``; ``eta / lam`` sets the trace term's relative weight;
-* the step size (the paper's values were not available): by default a capped Polyak step (``step="polyak"``, see
-  ``stsl``'s ``step``): a fraction ``rho`` of the gradient step that would bring the data term to zero if it were
-  linear in ``z``; it needs no scale (invariant to ``lam``, the image range and how steep the decoder is) and shrinks
-  with the residual, so late steps do not oscillate around the data as constant-length steps do. The cap (``cap``
-  times PSLD's unit step on ``||r||``) stops it overshooting where ``||∇L||`` is small against ``||r||``; how much
-  cap a problem wants depends on the prior (the latent configs set ``rho`` / ``cap`` per task);
+* the step size (the paper's appendix B.1 values were not available): by default a capped Polyak step
+  (``step="polyak"``): ``z <- z - s ∇L`` with ``s = min(rho · lam ||r||² / ||∇L||², cap / (2 lam ||r||))``. The first
+  term is a fraction ``rho`` of the gradient step that would bring the data term to zero if it were linear in ``z``:
+  it needs no scale (invariant to ``lam``, the image range and how steep the decoder is) and shrinks with the
+  residual, so late steps do not oscillate around the data as constant-length steps do. The cap is ``cap`` times
+  PSLD's unit step on ``||r||``: without it the step overshoots where ``||∇L||`` is small against ``||r||``. How much
+  cap a problem wants depends on the prior (``benchmarks/bench_stsl_gaussian.py``,
+  ``configs/bench/stsl-vs-psld.yaml``): on the analytic Gaussian test priors the posterior-mean error grows with it
+  (Gaussian 0.18 at cap 1, 0.71 at 4, 1.6 at 16, 23 unbounded), so the default is 1; on ``natural-latent`` the cap of
+  1 bound most steps in the last third of sampling and left the data residual far above the noise on photos unlike the
+  training set, and the best cap of 4 or 16 gained 0.7 / 1.7 / 0.8 dB (deblur / SR / inpaint) on the validation crops.
+  The alternatives are the DPS rule ``rho ∇L / ||r||`` (``step="residual"``; ``rho = 0.5`` is PSLD's unit step) and a
+  fixed step ``rho ∇L`` (``step="fixed"``). ``rho`` and ``cap`` were chosen on validation crops of the training photos
+  (the validation tasks of ``configs/bench/stsl-vs-psld.yaml``), never on held-out photos; the ``natural-latent``
+  presets (``invsolve/presets/natural-latent.yaml``) set them per task (deblur rho 0.3 / cap 16, SR 1 / 16,
+  inpaint 0.3 / 4). There
+  the Polyak step gave 26.4 / 25.3 / 27.9 dB (deblur / SR / inpaint; 25.6 / 23.6 / 27.0 with cap 1) against 23.0 /
+  19.0 / 22.1 dB for the best residual-rule ``rho``; on the held-out photos 20.0 / 20.2 / 22.9 dB (cap 1: 18.4 / 16.9
+  / 21.0; residual rule 15.9 / 14.3 / 17.8; ``BENCHMARKS.md``). Over 4 seeds on one device that matches PSLD with 1000
+  steps at a quarter of its network calls: 20.30 / 20.01 / 23.01 dB against 20.44 / 19.68 / 22.80, no difference
+  significant;
 * PSLD's gluing term is optional (``gluing``, default 0: the paper's loss as quoted has none).
 
 On a Gaussian prior the trace of the Hessian is constant, so the trace term has zero gradient and STSL reduces

@@ -11,7 +11,10 @@ in sinogram units (line integrals of [0, 1] images in pixel units; a 64-pixel bo
 Task ``ct`` sources (``problem.source``):
 
 * ``example``: the real CT slices shipped with pydicom (never used to train the prior), windowed, cropped to the
-  body and resized to ``size`` (:func:`invsolve.data.ct.heldout_ct_slices`); ``index`` picks among them.
+  body and resized to ``size`` (:func:`invsolve.data.ct.heldout_ct_slices`); ``index`` picks among them (``[]``:
+  none). ``phantoms: n`` appends ``n`` procedural phantoms drawn by the prior's training generator from
+  ``phantom_seed`` (``sample_phantoms(n, size, Generator().manual_seed(phantom_seed))``; in distribution, named
+  ``phantom-seed<seed>-<i>``): the benchmarks test on seed 4242 and tune on seed 1234.
 * ``image``: ``.npy``/``.npz`` ``(H, W)`` or ``(B, H, W)`` in [0, 1] (``image_units: hu`` for Hounsfield units);
   its size must equal ``size`` unless ``resize: true``.
 * ``dicom``: a DICOM file or series directory (:func:`invsolve.data.ct.load_dicom`), HU windowed to [0, 1],
@@ -53,7 +56,7 @@ GEOMETRY = dict(geometry="sparse_view", beam="parallel", source_distance=None, n
                 step_degrees=1.0, start_degrees=0.0, angles_file=None, n_detectors=None, noise_sigma=0.0,
                 noise_seed=0)
 CT_DEFAULTS = dict(source="example", index=[0, 1, 2], path=None, key=None, size=64, resize=False,
-                   image_units="unit", crop_body=True, **GEOMETRY)
+                   image_units="unit", crop_body=True, phantoms=0, phantom_seed=4242, **GEOMETRY)
 VOLUME_DEFAULTS = dict(source="phantom3d", n_slices=32, seed=0, slice_spacing=2.0, index=0, path=None, key=None,
                        size=64, resize=False, image_units="unit", **GEOMETRY)
 GEOMETRY_KNOBS = dict(
@@ -78,7 +81,10 @@ _IMAGE_KNOBS = dict(
 )
 CT_KNOBS = dict(GEOMETRY_KNOBS, **_IMAGE_KNOBS,
                 source=Choice("example", "image", "dicom", "sinogram", doc="where the images / data come from"),
-                index=Ints(0, doc="which held-out pydicom slices (source=example)"),
+                index=Ints(0, empty_ok=True, doc="which held-out pydicom slices (source=example; [] with phantoms)"),
+                phantoms=Int(0, doc="procedural phantoms appended to the example slices (the prior's training "
+                             "distribution; validation images)"),
+                phantom_seed=Int(0, doc="seed of the appended phantoms (benchmarks: test 4242, tuning 1234)"),
                 crop_body=Bool("crop DICOM slices to the body (else pad to a square)"))
 VOLUME_KNOBS = dict(GEOMETRY_KNOBS, **_IMAGE_KNOBS,
                     source=Choice("phantom3d", "warped-slice", "volume", "dicom", doc="where the volume comes from"),
@@ -182,6 +188,24 @@ def _pick(x, names, index):
     return x[idx], [names[i] for i in idx]
 
 
+def _examples(index, size: int, phantoms: int, phantom_seed: int) -> Tuple[torch.Tensor, List[str]]:
+    """The selected real slices followed by ``phantoms`` procedural phantoms drawn from ``phantom_seed``."""
+    if int(phantoms) != phantoms or phantoms < 0:
+        raise InvalidValueError(f"problem.phantoms must be an integer >= 0, got {phantoms!r}")
+    idx = [index] if isinstance(index, int) else list(index)
+    if idx:
+        x, names = _pick(*ct_data.heldout_ct_slices(size), idx)
+    else:
+        x, names = torch.zeros((0, 1, size, size)), []
+    if phantoms:
+        g = torch.Generator().manual_seed(int(phantom_seed))
+        x = torch.cat([x, ct_data.sample_phantoms(int(phantoms), size, g)])
+        names = list(names) + [f"phantom-seed{phantom_seed}-{i}" for i in range(int(phantoms))]
+    if not names:
+        raise InvalidValueError("problem.index is empty and problem.phantoms is 0: the task has no image")
+    return x, names
+
+
 def _sinogram(path, key, angles, size, min_detectors: Optional[int] = None) -> torch.Tensor:
     if path is None:
         raise InputFileError("problem.path is required when problem.source='sinogram'")
@@ -205,8 +229,9 @@ def _sinogram(path, key, angles, size, min_detectors: Optional[int] = None) -> t
 
 @register_task("ct", CT_DEFAULTS, summary="parallel- or fan-beam CT, sparse view or limited angle (held-out real "
                                           "slices or your image / DICOM / sinogram)", knobs=CT_KNOBS)
-def build(source, index, path, key, size, resize, image_units, crop_body, geometry, beam, source_distance, n_views,
-          arc_degrees, step_degrees, start_degrees, angles_file, n_detectors, noise_sigma, noise_seed) -> Problem:
+def build(source, index, path, key, size, resize, image_units, crop_body, phantoms, phantom_seed, geometry, beam,
+          source_distance, n_views, arc_degrees, step_degrees, start_degrees, angles_file, n_detectors, noise_sigma,
+          noise_seed) -> Problem:
     angles = angles_for(geometry, n_views, arc_degrees, step_degrees, start_degrees, angles_file, beam)
     if source == "sinogram":
         y = _sinogram(path, key, angles, size, min_detectors=2 if beam == "fan" else None)
@@ -215,8 +240,10 @@ def build(source, index, path, key, size, resize, image_units, crop_body, geomet
         return Problem(op, y, None, [f"{Path(path).stem}[{b}]" for b in range(y.shape[0])], meta=meta,
                        data_range=1.0, default_baselines=["fbp", "cg"], sigma_y=noise_sigma or None)  # 0 = unknown
     if source == "example":
-        x, names = _pick(*ct_data.heldout_ct_slices(size), index)
-        origin = "real pydicom CT slices (held out from prior training)"
+        x, names = _examples(index, size, phantoms, phantom_seed)
+        origin = "real pydicom CT slices (held out from prior training)" + (
+            f" + {phantoms} procedural phantoms (seed {phantom_seed}, the prior's training distribution)"
+            if phantoms else "")
     elif source == "image":
         x = _image_file(path, key, size, resize, image_units)
         names, origin = [f"{Path(path).stem}[{i}]" for i in range(x.shape[0])], str(path)
@@ -227,7 +254,11 @@ def build(source, index, path, key, size, resize, image_units, crop_body, geomet
     else:
         raise InvalidValueError(f"problem.source must be 'example', 'image', 'dicom' or 'sinogram', got {source!r}")
     op, meta = _operator(size, angles, n_detectors, geometry, noise_sigma, beam, source_distance)
-    keys = source_keys(index, x.shape[0], source == "example")
+    if source == "example":  # a phantom's key: its seed and place in the drawn set (never a slice index)
+        idx = [index] if isinstance(index, int) else list(index)
+        keys = source_keys(idx, len(idx), True) + [10**6 * (1 + int(phantom_seed)) + i for i in range(int(phantoms))]
+    else:
+        keys = source_keys(index, x.shape[0], False)
     meta.update({"source": origin, "noise_seed": noise_seed, "noise_keys": keys})
     return Problem(op, _measure(op, x, noise_sigma, noise_seed, keys), x, names, meta=meta, data_range=1.0,
                    default_baselines=["fbp", "cg"], sigma_y=noise_sigma)

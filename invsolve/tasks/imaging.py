@@ -9,6 +9,9 @@ Images are RGB ``(B, 3, H, W)`` in [0, 1], the domain of the embedded ``natural`
 * ``image``: an image file (PNG/JPEG/TIFF via :func:`invsolve.data.natural.load_image`) or a ``.npy``/``.npz``
   array ``(H, W)``, ``(H, W, C)`` or ``(N, C, H, W)`` (``C`` 1 or 3) in [0, 1]; greyscale is replicated to RGB.
   Its size must equal ``size`` unless ``resize: true`` (centre square crop, antialiased resize).
+* ``train-crops``: ``crops`` random crops of the photos the ``natural`` prior was TRAINED on, drawn by its training
+  source from ``crop_seed`` (``index`` picks among them): validation images for tuning, never test images (they
+  flatter the prior, which has seen these photos).
 
 ``noise_sigma`` adds white Gaussian noise of that std (image units) to the measurement; each image's noise is drawn
 from ``noise_seed`` and the image's index in its source (:mod:`invsolve.tasks.noise`), so it does not depend on
@@ -33,11 +36,12 @@ from .noise import add_noise, source_keys
 from .registry import Problem, register_task
 
 SOURCE = dict(source="example", index=[0, 3, 6, 9], path=None, key=None, size=64, resize=False, noise_seed=0)
-DEBLUR_DEFAULTS = dict(SOURCE, kernel="gaussian", kernel_size=15, kernel_sigma=2.0, motion_intensity=0.5,
+CROPS = dict(crops=8, crop_seed=1234)  # source: train-crops
+DEBLUR_DEFAULTS = dict(SOURCE, **CROPS, kernel="gaussian", kernel_size=15, kernel_sigma=2.0, motion_intensity=0.5,
                        kernel_seed=0, kernel_file=None, padding="circular", noise_sigma=0.01)
-INPAINT_DEFAULTS = dict(SOURCE, mask="random", fraction_missing=0.5, box_size=24, mask_seed=0, mask_file=None,
+INPAINT_DEFAULTS = dict(SOURCE, **CROPS, mask="random", fraction_missing=0.5, box_size=24, mask_seed=0, mask_file=None,
                         noise_sigma=0.0)
-SR_DEFAULTS = dict(SOURCE, factor=4, mode="bicubic", noise_sigma=0.0)
+SR_DEFAULTS = dict(SOURCE, **CROPS, factor=4, mode="bicubic", noise_sigma=0.0)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 SOURCE_KNOBS = dict(
     source=Choice("example", "image", doc="held-out photo crops, or your image file (path)"),
@@ -48,21 +52,27 @@ SOURCE_KNOBS = dict(
     resize=Bool("centre-crop and resize a user image of another size"),
     noise_seed=Int(0, doc="seed of the measurement noise (each image's noise is keyed by its source index)"),
 )
+CROP_KNOBS = dict(
+    source=Choice("example", "image", "train-crops", doc="held-out photo crops, your image file (path), or crops of "
+                  "the natural prior's training photos (validation only)"),
+    crops=Int(1, doc="crops drawn for source=train-crops"),
+    crop_seed=Int(0, doc="seed of the training-photo crops (source=train-crops)"))
 NOISE_KNOB = Float(0, doc="std of white Gaussian measurement noise (image units, images in [0, 1])")
-DEBLUR_KNOBS = dict(SOURCE_KNOBS, kernel=Choice("gaussian", "uniform", "motion", "file", doc="blur kernel"),
+DEBLUR_KNOBS = dict(SOURCE_KNOBS, **CROP_KNOBS,
+                    kernel=Choice("gaussian", "uniform", "motion", "file", doc="blur kernel"),
                     kernel_size=Int(1, doc="kernel size (pixels)"),
                     kernel_sigma=Float(0, low_open=True, doc="std of the Gaussian kernel (pixels)"),
                     motion_intensity=Float(0, 1, doc="shake intensity of the motion kernel"),
                     kernel_seed=Int(0, doc="seed of the motion kernel"),
                     kernel_file=Str(optional=True, doc="your kernel (.npy) for kernel=file"),
                     padding=Choice(*PADDINGS, doc="boundary handling of the convolution"), noise_sigma=NOISE_KNOB)
-INPAINT_KNOBS = dict(SOURCE_KNOBS, mask=Choice("random", "box", "file", doc="missing-pixel pattern"),
+INPAINT_KNOBS = dict(SOURCE_KNOBS, **CROP_KNOBS, mask=Choice("random", "box", "file", doc="missing-pixel pattern"),
                      fraction_missing=Float(0, 1, high_open=True, doc="fraction of missing pixels (mask=random)"),
                      box_size=Int(1, doc="side of the missing box (mask=box)"),
                      mask_seed=Int(0, doc="seed of the random mask / box position"),
                      mask_file=Str(optional=True, doc="your mask (.npy, 1 = observed) for mask=file"),
                      noise_sigma=NOISE_KNOB)
-SR_KNOBS = dict(SOURCE_KNOBS, factor=Int(1, doc="downsampling factor"),
+SR_KNOBS = dict(SOURCE_KNOBS, **CROP_KNOBS, factor=Int(1, doc="downsampling factor"),
                 mode=Choice("bicubic", "avgpool", doc="downsampling: antialiased bicubic or average pooling"),
                 noise_sigma=NOISE_KNOB)
 
@@ -102,7 +112,26 @@ def _user_images(path, key, size, resize) -> torch.Tensor:
     return x
 
 
-def load_images(source, index, path, key, size, resize):
+def _train_crops(crops: int, crop_seed: int, size: int):
+    from ..data.base import build_train_source
+
+    if int(crops) != crops or crops < 1:
+        raise InvalidValueError(f"problem.crops must be an integer >= 1, got {crops!r}")
+    src = build_train_source("natural", image_size=size)
+    x = (src.sample(int(crops), torch.Generator().manual_seed(int(crop_seed)), "cpu") + 1) / 2
+    return x.clamp(0, 1), [f"train-crop-seed{crop_seed}-{i}" for i in range(int(crops))]
+
+
+def load_images(source, index, path, key, size, resize, crops=8, crop_seed=1234):
+    """``(x (B, C, size, size) in [0, 1], names, origin, noise keys)`` of the selected images."""
+    if source == "train-crops":
+        x, names = _train_crops(crops, crop_seed, size)
+        idx = [index] if isinstance(index, int) else list(index)
+        bad = [i for i in idx if not 0 <= i < x.shape[0]]
+        if bad:
+            raise InvalidValueError(f"problem.index={idx} is out of range: problem.crops={crops} crops were drawn")
+        return (x[idx], [names[i] for i in idx], "crops of the natural prior's TRAINING photos (validation only)",
+                [10**6 * (1 + int(crop_seed)) + i for i in idx])
     if source == "example":
         x, names = natural.heldout_photos(size)
         idx = [index] if isinstance(index, int) else list(index)
@@ -115,7 +144,7 @@ def load_images(source, index, path, key, size, resize):
     if source == "image":
         x = _user_images(path, key, size, resize)
         return x, [f"{Path(path).stem}[{i}]" for i in range(x.shape[0])], str(path), source_keys(None, len(x), False)
-    raise InvalidValueError(f"problem.source must be 'example' or 'image', got {source!r}")
+    raise InvalidValueError(f"problem.source must be 'example', 'image' or 'train-crops', got {source!r}")
 
 
 def make_problem(op, x, names, origin, noise_sigma, noise_seed, meta, baselines, keys) -> Problem:
@@ -144,9 +173,9 @@ def make_kernel(kernel, kernel_size, kernel_sigma, motion_intensity, kernel_seed
 
 @register_task("deblur", DEBLUR_DEFAULTS, summary="deblurring (Gaussian / uniform / motion / your kernel) of "
                                                   "held-out photos or your image", knobs=DEBLUR_KNOBS)
-def build_deblur(source, index, path, key, size, resize, noise_seed, kernel, kernel_size, kernel_sigma,
-                 motion_intensity, kernel_seed, kernel_file, padding, noise_sigma) -> Problem:
-    x, names, origin, keys = load_images(source, index, path, key, size, resize)
+def build_deblur(source, index, path, key, size, resize, noise_seed, crops, crop_seed, kernel, kernel_size,
+                 kernel_sigma, motion_intensity, kernel_seed, kernel_file, padding, noise_sigma) -> Problem:
+    x, names, origin, keys = load_images(source, index, path, key, size, resize, crops, crop_seed)
     k = make_kernel(kernel, kernel_size, kernel_sigma, motion_intensity, kernel_seed, kernel_file)
     op = Blur(k, padding=padding, image_size=size)
     meta = {"kernel": kernel, "kernel_shape": list(op.kernel.shape), "padding": padding}
@@ -161,9 +190,9 @@ def build_deblur(source, index, path, key, size, resize, noise_seed, kernel, ker
 
 @register_task("inpaint", INPAINT_DEFAULTS, summary="inpainting (random pixels / box / your mask) of held-out "
                                                     "photos or your image", knobs=INPAINT_KNOBS)
-def build_inpaint(source, index, path, key, size, resize, noise_seed, mask, fraction_missing, box_size, mask_seed,
-                  mask_file, noise_sigma) -> Problem:
-    x, names, origin, keys = load_images(source, index, path, key, size, resize)
+def build_inpaint(source, index, path, key, size, resize, noise_seed, crops, crop_seed, mask, fraction_missing,
+                  box_size, mask_seed, mask_file, noise_sigma) -> Problem:
+    x, names, origin, keys = load_images(source, index, path, key, size, resize, crops, crop_seed)
     H, W = x.shape[-2:]
     if mask == "random":
         m = random_mask((H, W), fraction_missing, seed=mask_seed)
@@ -190,8 +219,9 @@ def build_inpaint(source, index, path, key, size, resize, noise_seed, mask, frac
 
 @register_task("sr", SR_DEFAULTS, summary="super-resolution (bicubic / average-pool downsampling) of held-out "
                                           "photos or your image", knobs=SR_KNOBS)
-def build_sr(source, index, path, key, size, resize, noise_seed, factor, mode, noise_sigma) -> Problem:
+def build_sr(source, index, path, key, size, resize, noise_seed, crops, crop_seed, factor, mode,
+             noise_sigma) -> Problem:
     op = SuperResolution(factor, mode, image_size=size)  # checks that factor divides size before loading images
-    x, names, origin, keys = load_images(source, index, path, key, size, resize)
+    x, names, origin, keys = load_images(source, index, path, key, size, resize, crops, crop_seed)
     meta = {"factor": factor, "mode": mode}
     return make_problem(op, x, names, origin, noise_sigma, noise_seed, meta, ["pinv", "wiener"], keys)

@@ -5,8 +5,9 @@ Sources (``problem.source``):
 * ``example``: built-in slices no prior was trained on, simulated 8-coil k-space with the chosen mask and noise:
   ``mni`` (the held-out MNI152 slab), the real slices of other subjects and scanners (out of distribution):
   ``dipy`` (dipy's T1 coronal slice), ``matplotlib`` (matplotlib's sample head MRI), ``pydicom`` (pydicom's two
-  MR test images: a head crop and an abdomen), ``real`` (those four, in that order); and ``mni-validation``
-  (the MNI152 guard slices z = 94, 113, excluded from training and disjoint from the test slab: for tuning).
+  MR test images: a head crop and an abdomen), ``real`` (those four, in that order); and for tuning the MNI152
+  guard slices beside the held-out slab, never trained on and disjoint from it: ``mni-validation`` (z = 94, 113)
+  and ``mni-guard`` (all 8: z = 92..95 and 112..115).
 * ``image``: a ground-truth image file (``.npy``/``.npz``, real or complex, ``(H, W)`` or ``(B, H, W)``);
   k-space is simulated as for examples.
 * ``kspace``: measured multi-coil k-space ``(Nc, H, W)`` / ``(B, Nc, H, W)`` from ``.npy``/``.npz`` (key
@@ -35,9 +36,10 @@ DEFAULTS = dict(source="example", example="mni", index=[0, 1, 2, 3], path=None, 
                 coils=8, maps_file=None, noise_sigma=0.0, noise_seed=0, kspace_crop=None, espirit_calib=16)
 KNOBS = dict(
     source=Choice("example", "image", "kspace", doc="held-out example slices, your image file, or measured k-space"),
-    example=Choice("mni", "dipy", "matplotlib", "pydicom", "real", "mni-validation",
+    example=Choice("mni", "dipy", "matplotlib", "pydicom", "real", "mni-validation", "mni-guard",
                    doc="built-in set: held-out MNI152 slab (16 slices), real slices no prior saw (dipy, matplotlib, "
-                       "pydicom, or all four: real), or the MNI152 guard slices for tuning (mni-validation)"),
+                       "pydicom, or all four: real), or MNI152 guard slices for tuning (mni-validation: z = 94, 113; "
+                       "mni-guard: all 8)"),
     index=Ints(0, doc="which images of the built-in set (source=example)"),
     path=Str(optional=True, doc="input file (source=image: .npy/.npz image; source=kspace: .npy/.npz/.h5)"),
     key=Str(optional=True, doc="array name inside an .npz/.h5 file"),
@@ -93,7 +95,8 @@ def _images_from_source(source, example, index, path, key, size):
                    "dipy": lambda: mri_data.dipy_slice(size), "matplotlib": lambda: mri_data.matplotlib_slice(size),
                    "pydicom": lambda: mri_data.pydicom_mr_slices(size),
                    "real": lambda: mri_data.unseen_real_slices(size),
-                   "mni-validation": lambda: mri_data.validation_slices(size)}
+                   "mni-validation": lambda: mri_data.validation_slices(size),
+                   "mni-guard": lambda: mri_data.guard_slices(size)}
         if example not in loaders:
             raise InvalidValueError(f"problem.example must be one of {', '.join(repr(k) for k in loaders)}, "
                                     f"got {example!r}")
