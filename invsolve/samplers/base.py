@@ -126,7 +126,7 @@ def _load_builtin():
     import importlib
 
     for mod in ("dds", "classical", "dps", "ddnm", "diffpir", "pigdm", "mcg", "stsl", "psld", "enkg", "dps_gsg",
-                "tv", "dds3d", "wiener"):
+                "tv", "dds3d", "wiener", "daps", "reddiff"):
         try:
             importlib.import_module(f"{__package__}.{mod}")
         except ModuleNotFoundError as e:
