@@ -5,8 +5,9 @@ Stages (each entry is skipped when already in the results file; ``--force`` re-r
 * ``tune``: validation images only (never the test images), 2 per task, seed 0, the embedded prior of the task:
   MRI 4x (``mri-brain``; MNI guard slices z = 94, 113, phase seed 99; 8 birdcage coils, uniform 1D mask with 8 % ACS,
   mask seed 0), CT 16 views (``ct-phantom``; procedural phantoms of seed 1234), 50 % random inpainting (``natural``;
-  crops of the training photos drawn with seed 2024, mask seed 0) — the core suite's operators. DAPS ``lr`` and
-  RED-diff ``lr`` / ``steps`` grids; the chosen values go into ``configs/bench/core.yaml``.
+  crops of the training photos drawn with seed 2024, mask seed 0), Gaussian deblurring (15 px, sigma 2, noise 0.01)
+  and 4x bicubic super-resolution of the same crops — the core suite's operators. DAPS ``lr`` and RED-diff ``lr``
+  grids; the chosen values go into ``configs/bench/core.yaml``.
 * ``pr-tune``: Fourier phase retrieval (oversampling 2, noise 0.05, ``natural`` prior) on 2 validation crops: DPS
   ``scale`` and DAPS ``lr`` grids at the same network-call budget (``--pr-nfe``).
 * ``pr-test``: the chosen DPS and DAPS settings on held-out photos (``phase-retrieval`` task, index 0, 3, 6, 9,
@@ -35,14 +36,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine, write_json  # noqa: E402
 
 OUT = RESULTS / "new_samplers.json"
-PRIOR = {"mri": "mri-brain", "ct": "ct-phantom", "inpaint": "natural", "pr": "natural"}
+PRIOR = {"mri": "mri-brain", "ct": "ct-phantom", "inpaint": "natural", "deblur": "natural", "sr": "natural",
+         "pr": "natural"}
 PR_NOISE = 0.05
 
 # DAPS's Langevin step is stable for about lr ||J||² / beta_y² < 2 (J: the operator in prior-space units; ||J||² is
 # ~1 for the MRI operator, 1/4 for inpainting and ~250 for the CT operator), so CT gets a larger beta_y.
 DAPS_GRID = {"mri": [dict(lr=v) for v in (1e-5, 3e-5, 1e-4, 2e-4)],
              "ct": [dict(lr=v, beta_y=0.1) for v in (1e-6, 3e-6, 1e-5, 3e-5, 6e-5)],
-             "inpaint": [dict(lr=v) for v in (1e-4, 3e-4, 6e-4)]}
+             "inpaint": [dict(lr=v) for v in (1e-4, 3e-4, 6e-4)],
+             "deblur": [dict(lr=v) for v in (3e-4, 6e-4)],
+             "sr": [dict(lr=v) for v in (3e-3, 1e-2)]}  # ||J||² = 1/64 for 4x bicubic SR in prior units
+NOISE = {"deblur": 0.01}
 
 
 def _label(prefix, kn):
@@ -52,7 +57,8 @@ def _label(prefix, kn):
 def tune_methods(task):
     """label -> (sampler, knobs): DAPS at the CPU preset, RED-diff at 100 steps (the released example script)."""
     out = {_label("daps_cheap", kn): ("daps", dict(preset="cheap", **kn)) for kn in DAPS_GRID[task]}
-    out.update({_label("reddiff_100", dict(lr=lr)): ("reddiff", dict(steps=100, lr=lr)) for lr in (0.01, 0.03, 0.1)})
+    lrs = (0.1, 0.3) if task in ("deblur", "sr") else (0.01, 0.03, 0.1, 0.3)
+    out.update({_label("reddiff_100", dict(lr=lr)): ("reddiff", dict(steps=100, lr=lr)) for lr in lrs})
     return out
 
 
@@ -60,7 +66,7 @@ def pr_methods(nfe: int):
     dps = {f"dps_{nfe}_scale{s:g}": ("dps", dict(steps=nfe, scale=s)) for s in (0.3, 1.0, 3.0)}
     # DAPS at nfe network calls: nfe / 2 levels x 2 ODE steps, 50 Langevin steps per level (no network calls)
     daps = {f"daps_{nfe}_lr{lr:g}": ("daps", dict(preset="cheap", steps=nfe // 2, ode_steps=2, langevin_steps=50,
-                                                  lr=lr)) for lr in (1e-5, 3e-5, 1e-4)}
+                                                  lr=lr)) for lr in (3e-5, 1e-4, 3e-4)}
     return {**dps, **daps}
 
 
@@ -90,6 +96,14 @@ def validation(task: str, n: int = 2):
         from invsolve.operators.sampling import random_mask
 
         return x, Inpainting(random_mask((64, 64), 0.5, seed=0)), [f"crop-{i}" for i in range(n)]
+    if task == "deblur":
+        from invsolve.operators import Blur, gaussian_kernel
+
+        return x, Blur(gaussian_kernel(15, 2.0), padding="circular", image_size=64), [f"crop-{i}" for i in range(n)]
+    if task == "sr":
+        from invsolve.operators import SuperResolution
+
+        return x, SuperResolution(4, mode="bicubic", image_size=64), [f"crop-{i}" for i in range(n)]
     from invsolve.operators.phase_retrieval import PhaseRetrieval
 
     return x, PhaseRetrieval(64, 3, 2.0), [f"crop-{i}" for i in range(n)]
@@ -152,7 +166,7 @@ def pr_choice(data, methods) -> dict:
     """Sampler -> the label of its best validation run (mean PSNR up to the reflection) among ``methods``."""
     best = {}
     for key, e in data["runs"].items():
-        if key.startswith("pr-tune/") and e["label"] in methods:
+        if key.startswith("pr-tune/") and e["label"] in methods and "error" not in e:
             score = float(np.mean(e["psnr_up_to_reflection"]))
             if e["sampler"] not in best or score > best[e["sampler"]][0]:
                 best[e["sampler"]] = (score, e["label"])
@@ -162,9 +176,11 @@ def pr_choice(data, methods) -> dict:
 
 
 def main(argv=None):
+    from invsolve.errors import InvsolveError
+
     ap = argparse.ArgumentParser()
     ap.add_argument("stage", choices=["tune", "pr-tune", "pr-test"])
-    ap.add_argument("--tasks", default="mri,ct,inpaint")
+    ap.add_argument("--tasks", default="mri,ct,inpaint,deblur,sr")
     ap.add_argument("--pr-nfe", type=int, default=200)
     ap.add_argument("--only", default=None, help="comma-separated labels")
     ap.add_argument("--force", action="store_true")
@@ -175,7 +191,7 @@ def main(argv=None):
     if a.stage == "tune":
         for task in a.tasks.split(","):
             x, op, names = validation(task)
-            y = measure(op, x, 0.0)
+            y = measure(op, x, NOISE.get(task, 0.0))
             data.setdefault("baselines", {})[f"tune/{task}"] = _baselines(task, x, op, y)
             for label, (s, kn) in tune_methods(task).items():
                 jobs.append((f"tune/{task}/{label}", task, label, s, kn, x, op, y, names))
@@ -190,18 +206,30 @@ def main(argv=None):
         data["pr_choice"] = tuned = pr_choice(data, methods)
         for label in tuned.values():
             jobs.append((f"pr-test/{label}", "pr", label, *methods[label], x, op, y, names))
-    write_json(OUT, data)
+    fresh = _load()  # another stage may be running: keep its entries
+    fresh.setdefault("baselines", {}).update(data.get("baselines", {}))
+    fresh.update({k: v for k, v in data.items() if k == "pr_choice"})
+    write_json(OUT, fresh)
+    data = fresh
     only = set(a.only.split(",")) if a.only else None
     for key, task, label, s, kn, x, op, y, names in jobs:
         if (only and label not in only) or (key in data["runs"] and not a.force):
             continue
-        entry = run(task, label, s, kn, x, op, y, names)
+        try:
+            entry = run(task, label, s, kn, x, op, y, names)
+        except InvsolveError as e:  # e.g. a divergent Langevin step: a result too
+            entry = {"task": task, "label": label, "sampler": s, "knobs": kn, "error": str(e), "mean_psnr": None,
+                     "nfe": 0, "seconds": 0, "load_average_1min": round(os.getloadavg()[0], 2)}
+            print(f"{key}: failed: {e}", flush=True)
+            data = _load()
+            data["runs"][key] = entry
+            write_json(OUT, data)
+            continue
         data = _load()
         data["runs"][key] = entry
         write_json(OUT, data)
         print(f"{key}: {entry['mean_psnr']:.2f} dB, nfe {entry['nfe']}, {entry['seconds']} s "
               f"(load {entry['load_average_1min']})", flush=True)
-    write_json(OUT, data)
 
 
 if __name__ == "__main__":
