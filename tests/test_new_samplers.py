@@ -193,7 +193,7 @@ def _gain(x, op, y, prior, sampler, data_range=None, **kw):
 
 @pytest.mark.parametrize("sampler,kw", [
     ("daps", dict(steps=20, ode_steps=1, langevin_steps=10, lr=1e-4)),
-    ("reddiff", dict(steps=30, lr=0.03))])
+    ("reddiff", dict(steps=30, lr=0.1))])
 def test_improves_on_the_initial_estimate_on_a_heldout_brain_slice(mri_prior, brain_problem, sampler, kw):
     x, op, y = brain_problem
     gain, nfe = _gain(x, op, y, mri_prior, sampler, **kw)
