@@ -135,6 +135,10 @@ def daps(prior, op, y, *, generators, preset="1k", steps=None, ode_steps=None, l
         beta_y: the likelihood std of the Langevin target (a tuned hyper-parameter, not necessarily the true noise
             level: the released code uses 0.01 on data with noise 0.05).
         sigma_max, sigma_min: the annealing range (released: 100 and 0.1), clamped to the prior's noise levels.
+            DAPS re-noises ``x0_hat`` itself, so a bias of the denoiser at the top levels (``sigma`` times a small
+            bias of the noise prediction) survives every level; the small embedded priors need ``sigma_max = 10``
+            (mean of ``D(100 n, 100)`` is -0.74 for ``natural``; from 100, phase retrieval converged to the negated
+            image).
         ode_sigma_min: end of the inner PF-ODE grid before the final denoiser call (released: 0.01).
         rho: EDM exponent of the annealing and ODE grids (7).
         ode_solver: ``"euler"`` (released) or ``"heun"`` (``2 ode_steps - 1`` calls per level).
