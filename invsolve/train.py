@@ -31,8 +31,10 @@ DEFAULTS = {
     "output_dir": None,  # None: outputs/train/<name>
     "data": {"kind": "???", "image_size": 64},
     "model": {},
+    "objective": "diffusion",  # "diffusion" (DDPM, scheduler: below) or "flow" (flow matching, flow: below)
     "scheduler": {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02,
                   "prediction_type": "epsilon", "clip_sample": False},
+    "flow": {"shift": 1.0, "t_sampling": "logit-normal", "logit_mean": 0.0, "logit_std": 1.0},
     "train": {"steps": 20000, "batch_size": 64, "lr": 2e-4, "min_lr_ratio": 0.1, "warmup_steps": 500,
               "weight_decay": 0.0, "ema_decay": 0.9995, "grad_clip": 1.0, "mixed_precision": "auto",
               "checkpoint_every": 1000, "log_every": 100, "seed": 0, "max_minutes": None, "device": None,
@@ -56,6 +58,7 @@ def load_recipe(path, overrides: Sequence[str] = ()):
         ov = parse_overrides(overrides)
         check_keys(ov, cfg, allow_free=("data", "model", "prior", "vae"))
         cfg = OmegaConf.merge(cfg, ov)
+    _check_objective(cfg)
     return cfg
 
 
@@ -64,6 +67,21 @@ def _stage(msg: str) -> None:
     import sys
 
     print(f"[train-prior] {msg}", file=sys.stderr, flush=True)
+
+
+def _check_objective(cfg):
+    from .errors import InvalidValueError
+
+    if cfg.objective not in ("diffusion", "flow"):
+        raise InvalidValueError(f"recipe objective={cfg.objective!r} is not accepted; expected 'diffusion' or 'flow'")
+    if cfg.objective == "flow" and cfg.get("vae") is not None:
+        raise InvalidValueError("recipe objective='flow' trains pixel priors; a vae: section is not supported")
+    if cfg.flow.t_sampling not in ("uniform", "logit-normal"):
+        raise InvalidValueError(f"recipe flow.t_sampling={cfg.flow.t_sampling!r} is not accepted; expected "
+                                "'uniform' or 'logit-normal'")
+    for key, ok in (("shift", cfg.flow.shift > 0), ("logit_std", cfg.flow.logit_std > 0)):
+        if not ok:
+            raise InvalidValueError(f"recipe flow.{key}={cfg.flow[key]!r} is not accepted; expected a number > 0")
 
 
 def _lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -236,6 +254,47 @@ def train_autoencoder(cfg, src, device, out: Path, progress: bool = True) -> dic
             "latent_size": lat.shape[-1], "steps": step, "minutes": round(elapsed / 60, 2)}
 
 
+
+
+def flow_times(n: int, g: torch.Generator, device, t_sampling: str = "logit-normal", logit_mean: float = 0.0,
+               logit_std: float = 1.0, shift: float = 1.0) -> torch.Tensor:
+    """``n`` training times in (0, 1): uniform, or logit-normal ``sigmoid(m + s z)`` (Esser et al. 2024), then
+    shifted ``shift t / (1 + (shift - 1) t)`` as ``FlowMatchEulerDiscreteScheduler`` does."""
+    if t_sampling == "uniform":
+        t = torch.rand(n, generator=g, device=device)
+    else:
+        t = torch.sigmoid(logit_mean + logit_std * torch.randn(n, generator=g, device=device))
+    return shift * t / (1 + (shift - 1) * t)
+
+
+def _flow_loss(unet, sched, batch_fn, fc):
+    """Conditional flow matching (rectified flow): ``x_t = (1 - t) x0 + t eps``, target velocity ``eps - x0``; the
+    network sees the timestep ``t * num_train_timesteps`` (the diffusers convention)."""
+    n_train = sched.config.num_train_timesteps
+
+    def loss_fn(g):
+        x0 = batch_fn(g)
+        noise = torch.randn(x0.shape, generator=g, device=x0.device)
+        t = flow_times(x0.shape[0], g, x0.device, fc.t_sampling, fc.logit_mean, fc.logit_std, fc.shift)
+        tb = t.reshape(-1, 1, 1, 1)
+        xt = (1 - tb) * x0 + tb * noise
+        pred = unet(xt.contiguous(memory_format=torch.channels_last), t * n_train).sample
+        return F.mse_loss(pred.float(), noise - x0)
+
+    return loss_fn
+
+
+def make_scheduler(cfg):
+    """The recipe's scheduler: ``DDPMScheduler`` (``objective: diffusion``) or ``FlowMatchEulerDiscreteScheduler``
+    (``objective: flow``: ``scheduler.num_train_timesteps`` and ``flow.shift``)."""
+    from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
+
+    if cfg.get("objective", "diffusion") == "flow":
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=int(cfg.scheduler.num_train_timesteps),
+                                               shift=float(cfg.flow.shift))
+    return DDPMScheduler(**OmegaConf.to_container(cfg.scheduler, resolve=True))
+
+
 def train(cfg, progress: bool = True, overwrite: bool = False) -> Path:
     """Run (or resume) training for a recipe; returns the export directory.
 
@@ -247,7 +306,7 @@ def train(cfg, progress: bool = True, overwrite: bool = False) -> Path:
 
     check_recipe(cfg)
     out, state = check_run_dir(cfg, overwrite)
-    from diffusers import DDPMScheduler, UNet2DModel
+    from diffusers import UNet2DModel
 
     tc = cfg.train
     if tc.threads:
@@ -282,11 +341,18 @@ def train(cfg, progress: bool = True, overwrite: bool = False) -> Path:
     if tc.init_from:
         unet.load_state_dict(UNet2DModel.from_pretrained(tc.init_from, torch_dtype=torch.float32).state_dict())
     unet = unet.to(memory_format=torch.channels_last)
-    sched = DDPMScheduler(**OmegaConf.to_container(cfg.scheduler, resolve=True))
+    sched = make_scheduler(cfg)
+    if cfg.get("objective", "diffusion") == "flow":
+        if vae_info:
+            from .errors import InvalidValueError
+
+            raise InvalidValueError("recipe objective='flow' trains pixel priors; a vae: section is not supported")
+        loss = _flow_loss(unet, sched, batch_fn, cfg.flow)
+    else:
+        loss = _diffusion_loss(unet, sched, batch_fn)
     _stage(f"training the UNet ({sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M parameters, "
-           f"{tc.steps} steps at batch {tc.batch_size})")
-    ema, step, elapsed = _fit(unet, _diffusion_loss(unet, sched, batch_fn), tc, out / "checkpoint.pt", cfg.name,
-                              device, progress)
+           f"{tc.steps} steps at batch {tc.batch_size}, objective {cfg.get('objective', 'diffusion')})")
+    ema, step, elapsed = _fit(unet, loss, tc, out / "checkpoint.pt", cfg.name, device, progress)
     return export(cfg, unet, ema, sched, src, step, elapsed, device, vae_info, progress=progress)
 
 
@@ -325,6 +391,11 @@ def export(cfg, unet, ema, sched, src, step: int, elapsed: float, device, vae_in
         prior = LatentPrior(ema_unet, vae, dict(sched.config), vae_info["scaling_factor"],
                             data_range=tuple(pc["data_range"]), name=cfg.name).to(device)
         n_params += sum(p.numel() for p in vae.parameters())
+    elif cfg.get("objective", "diffusion") == "flow":
+        from .priors.flow import flow_prior_from_diffusers
+
+        prior = flow_prior_from_diffusers(ema_unet, dict(sched.config), is_complex=pc["is_complex"],
+                                          data_range=tuple(pc["data_range"]), name=cfg.name).to(device)
     else:
         prior = DiffusersPrior(ema_unet, dict(sched.config), is_complex=pc["is_complex"],
                                data_range=tuple(pc["data_range"]), name=cfg.name).to(device)
@@ -454,8 +525,7 @@ def _model_card(cfg, meta) -> str:
         f"- input/output: {meta['channels']} channel(s) at {meta['image_size'][0]}x{meta['image_size'][1]}, "
         f"{'complex images as [Re, Im]' if meta['is_complex'] else 'real images'}; operator-domain data range "
         f"{meta['data_range']} ↔ prior space [-1, 1]",
-        f"- DDPM epsilon prediction, {cfg.scheduler.num_train_timesteps} steps, {cfg.scheduler.beta_schedule} betas "
-        f"{cfg.scheduler.beta_start}–{cfg.scheduler.beta_end}",
+        _objective_line(cfg),
         "",
         "## Training",
         f"- data: {tr['data']}",
@@ -491,6 +561,18 @@ def _model_card(cfg, meta) -> str:
     return "\n".join(lines)
 
 
+def _objective_line(cfg) -> str:
+    if cfg.get("objective", "diffusion") == "flow":
+        fc = cfg.flow
+        times = ("uniform" if fc.t_sampling == "uniform" else
+                 f"logit-normal (mean {fc.logit_mean}, std {fc.logit_std})")
+        return (f"- flow matching (rectified flow, velocity prediction v = eps - x0 on x_t = (1 - t) x0 + t eps), "
+                f"diffusers FlowMatchEulerDiscreteScheduler, {cfg.scheduler.num_train_timesteps} train timesteps, "
+                f"shift {fc.shift}; training times t {times}")
+    return (f"- DDPM epsilon prediction, {cfg.scheduler.num_train_timesteps} steps, {cfg.scheduler.beta_schedule} "
+            f"betas {cfg.scheduler.beta_start}–{cfg.scheduler.beta_end}")
+
+
 def main(recipe: str, overrides: Optional[Sequence[str]] = None, progress: bool = True, overwrite: bool = False,
          export_embedded: bool = False) -> Path:
     """``invsolve train-prior``: train (or resume) the recipe's run; with ``export_embedded``, instead install the
@@ -505,7 +587,7 @@ def main(recipe: str, overrides: Optional[Sequence[str]] = None, progress: bool 
 
 def export_from_checkpoint(recipe: str, overrides: Sequence[str] = ()) -> Path:
     """Export a pixel prior from the latest ``checkpoint.pt`` of a (possibly still running) training."""
-    from diffusers import DDPMScheduler, UNet2DModel
+    from diffusers import UNet2DModel
     from diffusers.training_utils import EMAModel
 
     cfg = load_recipe(recipe, overrides)
@@ -523,8 +605,7 @@ def export_from_checkpoint(recipe: str, overrides: Sequence[str] = ()) -> Path:
     ema = EMAModel(unet.parameters(), decay=cfg.train.ema_decay)
     ema.load_state_dict(st["ema"])
     ema.to(device)
-    sched = DDPMScheduler(**OmegaConf.to_container(cfg.scheduler, resolve=True))
-    return export(cfg, unet, ema, sched, src, st["step"], st["elapsed"], device)
+    return export(cfg, unet, ema, make_scheduler(cfg), src, st["step"], st["elapsed"], device)
 
 
 if __name__ == "__main__":  # python -m invsolve.train RECIPE [key=value ...]

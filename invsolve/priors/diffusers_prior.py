@@ -90,7 +90,8 @@ def load_diffusers_prior(source: str, *, device=None, dtype: torch.dtype = torch
     A weights file (``diffusion_pytorch_model.safetensors``, ``.bin``, ...) needs the UNet's ``config.json``: beside
     the file or given as ``config=`` (path or dict); ``scheduler_config=`` (path or dict) or a
     ``scheduler_config.json`` beside it sets the schedule (default: linear DDPM). A ``ScoreSdeVeScheduler``
-    config gives a :class:`~invsolve.priors.ve.VEPrior`; every other scheduler a :class:`DiffusersPrior`.
+    config gives a :class:`~invsolve.priors.ve.VEPrior`, a ``FlowMatchEulerDiscreteScheduler`` config a
+    :class:`~invsolve.priors.flow.FlowPrior` (velocity prediction); every other scheduler a :class:`DiffusersPrior`.
     ``dtype`` (e.g. ``torch.float16``, ``"bf16"``) sets the network's dtype; inputs and outputs stay float32.
     """
     from diffusers import UNet2DModel
@@ -131,7 +132,12 @@ def load_diffusers_prior(source: str, *, device=None, dtype: torch.dtype = torch
 
 
 def _make_prior(unet, sched: dict, **kwargs) -> Prior:
-    """The prior class the scheduler config calls for (VE for ``ScoreSdeVeScheduler``)."""
+    """The prior class the scheduler config calls for (VE for ``ScoreSdeVeScheduler``, flow matching for
+    ``FlowMatchEulerDiscreteScheduler``)."""
+    if sched.get("_class_name") == "FlowMatchEulerDiscreteScheduler":
+        from .flow import flow_prior_from_diffusers
+
+        return flow_prior_from_diffusers(unet, sched, **kwargs)
     if sched.get("_class_name") == "ScoreSdeVeScheduler":
         from .ve import ve_prior_from_diffusers
 

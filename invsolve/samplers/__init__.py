@@ -6,7 +6,7 @@ Every built-in module is imported here, by name, so that a missing or misspelt m
 rules live in :mod:`.steps`, DDS's data-consistency steps in :mod:`.consistency`.
 """
 from .base import SamplerOutput, SamplerSpec, available_samplers, get_sampler, register_sampler  # noqa: I001 (first)
-from . import ddnm, dds, dds3d, diffpir, dps, dps_gsg, enkg, mcg, pigdm, psld, stsl  # noqa: F401
+from . import daps, ddnm, dds, dds3d, diffpir, dps, dps_gsg, enkg, mcg, pigdm, psld, reddiff, stsl  # noqa: F401
 from .. import solvers  # noqa: F401  (registers the classical methods)
 
 __all__ = ["SamplerOutput", "SamplerSpec", "available_samplers", "get_sampler", "register_sampler"]
