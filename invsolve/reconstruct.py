@@ -19,12 +19,12 @@ from omegaconf import OmegaConf
 
 from ._json import json_safe
 from .config import check_keys
-from .errors import InputFileError, InvsolveError
+from .errors import InputFileError, InvalidValueError, InvsolveError
 
 DEFAULTS: Dict[str, Any] = {
     "problem": {"task": "mri"},
     "solver": {"prior": None, "sampler": "dds", "steps": None, "seed": 0, "num_samples": 1, "device": None,
-               "data_scale": "auto", "options": {}},
+               "data_scale": "auto", "options": {}, "prior_options": {}, "prior_adapter": None},
     "baselines": None,
     "output": {"dir": "outputs/${problem.task}_${solver.sampler}", "overwrite": False, "figure": True},
 }
@@ -64,12 +64,14 @@ def run(cfg, progress: bool = True) -> Dict[str, Any]:
 
     out = Path(cfg.output.dir)
     _check_output(out, bool(cfg.output.overwrite))
-    problem = build_problem(OmegaConf.to_container(cfg.problem, resolve=True))
     sv = cfg.solver
+    prior = _load_prior(sv) if get_sampler(sv.sampler).needs_prior else None
+    problem = build_problem(OmegaConf.to_container(cfg.problem, resolve=True))
     all_options = OmegaConf.to_container(sv.options, resolve=True) or {}
     options = _sampler_options(all_options, sv.sampler)
     steps = sv.steps if "steps" in get_sampler(sv.sampler).defaults else None
-    res = solve(problem.y, problem.operator, prior=sv.prior, sampler=sv.sampler, steps=steps, seed=sv.seed,
+    prior = _adapt(prior, sv, problem.operator)
+    res = solve(problem.y, problem.operator, prior=prior, sampler=sv.sampler, steps=steps, seed=sv.seed,
                 num_samples=int(sv.num_samples), device=sv.device, data_scale=sv.data_scale, progress=progress,
                 **options)
     baselines = problem.default_baselines if cfg.baselines is None else list(cfg.baselines)
@@ -119,6 +121,37 @@ def run(cfg, progress: bool = True) -> Dict[str, Any]:
         raise
     record["output_dir"] = str(out)
     return record
+
+
+def _load_prior(sv):
+    """``solver.prior`` as given (a name, loaded by :func:`solve`), or loaded here with ``solver.prior_options``
+    (``load_prior`` keywords: ``arch``, ``dtype``, ``random_init``, ``channels_last``, ``compile``, ...) when those
+    or ``solver.prior_adapter`` are set; runs before the problem is built, so bad options fail first."""
+    from .priors.adapters import ADAPTERS
+
+    options = OmegaConf.to_container(sv.prior_options, resolve=True) or {}
+    if sv.prior_adapter is not None and sv.prior_adapter not in ADAPTERS:
+        raise InvalidValueError(f"solver.prior_adapter must be one of {sorted(ADAPTERS)} or null, got "
+                                f"{sv.prior_adapter!r}")
+    if not options and sv.prior_adapter is None:
+        return sv.prior
+    if sv.prior is None:
+        raise InvsolveError("solver.prior_options / solver.prior_adapter need solver.prior")
+    from .priors import load_prior
+
+    try:
+        return load_prior(sv.prior, **options)
+    except TypeError as e:  # an unknown keyword in solver.prior_options
+        raise InvalidValueError(f"solver.prior_options {sorted(options)}: {e}") from None
+
+
+def _adapt(prior, sv, operator):
+    """Wrap a loaded prior with ``solver.prior_adapter`` (``resize`` | ``pad``) to the operator's image size."""
+    if sv.prior_adapter is None or isinstance(prior, str) or prior is None:
+        return prior
+    from .priors.adapters import fit_to
+
+    return fit_to(prior, tuple(operator.input_shape[-2:]), sv.prior_adapter)
 
 
 def _sampler_options(options: Dict[str, Any], sampler: str) -> Dict[str, Any]:
