@@ -29,7 +29,7 @@ class AcceleratedNetwork(nn.Module):
     """
 
     def __init__(self, inner: nn.Module, channels_last: bool = False, compile: bool = False,
-                 compile_mode: Optional[str] = None):
+                 compile_mode: Optional[str] = None, compile_backend: Optional[str] = None):
         super().__init__()
         self.inner = inner
         self.channels_last = bool(channels_last)
@@ -38,7 +38,8 @@ class AcceleratedNetwork(nn.Module):
         if channels_last:
             inner.to(memory_format=torch.channels_last)
         # kept out of the module tree (a compiled wrapper would duplicate the parameters in state_dict)
-        fn = torch.compile(inner, mode=compile_mode, dynamic=False) if compile else inner
+        kw = {"backend": compile_backend} if compile_backend else {}
+        fn = torch.compile(inner, mode=compile_mode, dynamic=False, **kw) if compile else inner
         object.__setattr__(self, "_call", fn)
 
     def forward(self, x, *args, **kwargs):
@@ -62,7 +63,7 @@ def network_attr(prior: Prior) -> str:
 
 
 def accelerate(prior: Prior, *, dtype=None, channels_last: bool = False, compile: bool = False,
-               compile_mode: Optional[str] = None) -> Prior:
+               compile_mode: Optional[str] = None, compile_backend: Optional[str] = None) -> Prior:
     """Apply inference options to ``prior``'s network in place and return the prior.
 
     Args:
@@ -70,11 +71,12 @@ def accelerate(prior: Prior, *, dtype=None, channels_last: bool = False, compile
         channels_last: NHWC memory layout for weights and inputs.
         compile: wrap the network in ``torch.compile`` (``compile_mode``: ``None``/``"default"``,
             ``"reduce-overhead"`` (CUDA graphs), ``"max-autotune"``, ...). Compilation happens at the first call.
+            ``compile_backend``: ``torch.compile``'s backend (default inductor; ``"eager"`` only traces, for tests).
     """
     if compile_mode not in COMPILE_MODES:
         raise InvalidValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
-    if compile_mode is not None and not compile:
-        raise InvalidValueError(f"compile_mode={compile_mode!r} needs compile=True")
+    if (compile_mode is not None or compile_backend is not None) and not compile:
+        raise InvalidValueError(f"compile_mode / compile_backend need compile=True, got compile={compile!r}")
     attr = network_attr(prior)
     net = getattr(prior, attr)
     if dtype is not None:
@@ -82,8 +84,8 @@ def accelerate(prior: Prior, *, dtype=None, channels_last: bool = False, compile
     if channels_last or compile:
         if isinstance(net, AcceleratedNetwork):
             net = net.inner
-        setattr(prior, attr, AcceleratedNetwork(net, channels_last, compile, compile_mode))
+        setattr(prior, attr, AcceleratedNetwork(net, channels_last, compile, compile_mode, compile_backend))
     info = {"dtype": str(getattr(prior, attr).dtype).removeprefix("torch."), "channels_last": bool(channels_last),
-            "compile": compile_mode or "default" if compile else False}
+            "compile": (compile_mode or compile_backend or "default") if compile else False}
     prior.card = {**prior.card, "inference": info}
     return prior

@@ -405,12 +405,14 @@ def _random_adm(source, arch, arch_overrides, device, dtype, name, is_complex, d
     arch = arch if arch is not None else str(source)
     cfg = adm_config(arch, **(arch_overrides or {}))  # unknown names raise with the list of presets
     defaults = dict(PRESETS[arch][1]) if isinstance(arch, str) else {}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda), torch.device(dev):
+        torch.manual_seed(seed)  # drawn on the target device (fast for 361 M parameters; weights differ by device)
         net = ADMUNet(cfg)
     net = net.to(as_dtype(dtype))
     label = arch if isinstance(arch, str) else "custom"
-    info = {"kind": "adm", "arch": label, "config": asdict(cfg), "weights": f"random (seed {seed})",
+    info = {"kind": "adm", "arch": label, "config": asdict(cfg), "weights": f"random (seed {seed}, drawn on {dev})",
             "summary": f"{label} with RANDOM weights: for timing and plumbing tests, not for reconstruction",
             **({"normalization": defaults["normalization"]} if "normalization" in defaults else {})}
     prior = ADMPrior(net, is_complex=defaults.get("is_complex", False) if is_complex is None else is_complex,

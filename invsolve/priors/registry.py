@@ -70,7 +70,8 @@ def load_prior(name_or_path: Union[str, Path, Prior], *, device: Optional[Union[
     """
     if isinstance(name_or_path, Prior):
         return name_or_path.to(device) if device is not None else name_or_path
-    inference = {k: overrides.pop(k) for k in ("channels_last", "compile", "compile_mode") if k in overrides}
+    inference = {k: overrides.pop(k) for k in ("channels_last", "compile", "compile_mode", "compile_backend")
+                 if k in overrides}
     if inference:
         from .accel import accelerate
 
