@@ -282,20 +282,21 @@ class Bench:
         del prior
 
     def host_syncs(self):
-        """Host synchronisations: per fixed-iteration CG solve, and per DDS run of 3 vs 6 steps (should not grow)."""
+        """Host synchronisations: per fixed-iteration CG solve (the full-size MRI operator), and per DDS run of 3 vs
+        6 steps (a small network: the count does not depend on its size) -- neither should grow with iterations."""
         model = MODELS[0]
-        prior = inv.load_prior(model, random_init=True, device=self.dev,
-                               arch_overrides=SMOKE_ARCH if self.a.tiny else {})
-        op, y, x = make_problem(model, prior, 1, self.dev)
+        full = inv.load_prior(model, random_init=True, device="meta", arch_overrides=SMOKE_ARCH if self.a.tiny else {})
+        op, y, x = make_problem(model, full, 1, self.dev)  # the operator at the preset's size (320x320, 15 coils)
         res = {}
         for iters in (5, 100):
             with HostSyncCounter(self.dev) as c, torch.no_grad():
                 data_consistency(op, y, x, mode="normal", cg_iters=iters)
             res[f"cg_fixed_{iters}_iterations"] = {"counts": dict(c.counts)}
-        steps = (2, 4) if self.dev.type == "cpu" and not self.a.tiny else (3, 6)
-        for n in steps:
+        prior = inv.load_prior(model, random_init=True, device=self.dev, arch_overrides=SMOKE_ARCH)
+        op_s, y_s, _ = make_problem(model, prior, 1, self.dev)
+        for n in (3, 6):
             with HostSyncCounter(self.dev) as c, torch.no_grad():
-                dds(prior, op, y, generators=gens(1), steps=n)
+                dds(prior, op_s, y_s, generators=gens(1), steps=n)
             res[f"dds_{n}_steps"] = {"counts": dict(c.counts), "where": c.summary().splitlines()[:6]}
         if self.dev.type == "cuda":
             torch.cuda.synchronize()
@@ -335,11 +336,12 @@ class Bench:
 def plan(b: Bench):
     a = b.a
     cpu = b.dev.type == "cpu" and not a.gpu_plan  # the CPU plan: batch 1, network-only option rows
-    for m in MODELS:
+    models = [m for m in MODELS if m in a.models]
+    for m in models:
         b.out["flops"][m] = flops(m, a.tiny)
     b.job("host synchronisations", b.host_syncs)
     for batch in a.batches:  # fp32 baselines first: the headline comparison
-        for m in MODELS:
+        for m in models:
             b.job(f"{m} batch {batch} fp32", lambda m=m, batch=batch: b.config(m, batch, {}), need_s=20)
     variants = [{"dtype": "bf16"}, {"channels_last": True}]
     if not cpu:  # fp16 only where it has kernels (see fp16_cpu_probe), graphs only on CUDA
@@ -348,14 +350,17 @@ def plan(b: Bench):
     elif a.cpu_compile:
         variants.append({"compile": True})
     variants = [v for v in variants if v is not None]
+    if a.variants is not None:
+        keep = set(a.variants.split(","))
+        variants = [v for v in variants if variant_name(v).replace("fp32+", "") in keep]
     best = {"dtype": "bf16", "channels_last": True}
     if not cpu:
         best.update(compile=True)
         if b.dev.type == "cuda":
             best.update(cg_graph=True)
     for batch in a.batches:
-        for m in MODELS:
-            for v in variants + [best]:
+        for m in models:
+            for v in variants + ([best] if a.variants is None or "best" in a.variants.split(",") else []):
                 dps_too = v == {"dtype": "bf16"} and not cpu
                 b.job(f"{m} batch {batch} {variant_name(v)}",
                       lambda m=m, batch=batch, v=v, d=dps_too: b.config(m, batch, v, dps_too=d, full=not cpu),
@@ -369,8 +374,8 @@ def plan(b: Bench):
         b.out["skipped"].append({"job": "CUDA-graph CG (cg_graph)", "why": "CUDA only"})
         b.out["notes"].append("CPU option rows time the network and the CG solve separately (warm-up + 1 run each) "
                               "and report DDS-50 as 50 x (network + CG); the fp32 rows run the samplers")
-    else:
-        b.job("DPS-100 full run (extrapolation check)", lambda: b.dps_validation(MODELS[0]), need_s=40)
+    elif b.dev.type == "cuda":
+        b.job("DPS-100 full run (extrapolation check)", lambda: b.dps_validation(models[0]), need_s=40)
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -515,6 +520,10 @@ def main():
     ap.add_argument("--dps-steps-run", type=int, default=None, help="DPS steps actually run (GPU: 20, CPU: 1)")
     ap.add_argument("--reps", type=int, default=None, help="repetitions of component timings (GPU 10, CPU 1)")
     ap.add_argument("--budget-s", type=float, default=1e9, help="stop starting new jobs after this many seconds")
+    ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
+    ap.add_argument("--variants", default=None,
+                    help="comma-separated option sets to measure besides fp32 (bf16, fp16, channels_last, cg_graph, "
+                         "compile, best); default: all that the device supports")
     ap.add_argument("--cpu-compile", action="store_true", help="also measure torch.compile on CPU (slow)")
     ap.add_argument("--cpu-smoke", action="store_true",
                     help="the GPU plan on the CPU with tiny networks: checks the plumbing of the GPU run")
@@ -523,6 +532,10 @@ def main():
     ap.add_argument("--report", action="store_true", help="only rewrite the BENCHMARKS.md section from results")
     ap.add_argument("--no-report", action="store_true", help="do not touch BENCHMARKS.md after measuring")
     a = ap.parse_args()
+    bad = sorted(set(a.models.split(",")) - set(MODELS))
+    if bad:
+        ap.error(f"--models: unknown {bad}; choose from {', '.join(MODELS)}")
+    a.models = a.models.split(",")
     if a.report:
         files = [f for f in (RESULTS / "real_scale_cpu.json", RESULTS / "real_scale_gpu.json") if f.exists()]
         update_benchmarks_md(SECTION, report_section(files))
