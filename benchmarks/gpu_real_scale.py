@@ -339,10 +339,13 @@ def plan(b: Bench):
     models = [m for m in MODELS if m in a.models]
     for m in models:
         b.out["flops"][m] = flops(m, a.tiny)
-    b.job("host synchronisations", b.host_syncs)
-    for batch in a.batches:  # fp32 baselines first: the headline comparison
+    # jobs in priority order (the GPU run has a time budget): the fp32 headline at the first batch size, the fastest
+    # option set on the first model, each option alone, then the other batch sizes
+    jobs = [(0, "host synchronisations", b.host_syncs, 0)]
+    for i, batch in enumerate(a.batches):
         for m in models:
-            b.job(f"{m} batch {batch} fp32", lambda m=m, batch=batch: b.config(m, batch, {}), need_s=20)
+            jobs.append((1 if i == 0 else 4, f"{m} batch {batch} fp32",
+                         lambda m=m, batch=batch: b.config(m, batch, {}), 20))
     variants = [{"dtype": "bf16"}, {"channels_last": True}]
     if not cpu:  # fp16 only where it has kernels (see fp16_cpu_probe), graphs only on CUDA
         variants += [{"dtype": "fp16"} if b.dev.type == "cuda" else None,
@@ -358,13 +361,19 @@ def plan(b: Bench):
         best.update(compile=True)
         if b.dev.type == "cuda":
             best.update(cg_graph=True)
-    for batch in a.batches:
-        for m in models:
-            for v in variants + ([best] if a.variants is None or "best" in a.variants.split(",") else []):
+    with_best = a.variants is None or "best" in a.variants.split(",")
+    for i, batch in enumerate(a.batches):
+        for j, m in enumerate(models):
+            for v in ([best] if with_best else []) + variants:
                 dps_too = v == {"dtype": "bf16"} and not cpu
-                b.job(f"{m} batch {batch} {variant_name(v)}",
-                      lambda m=m, batch=batch, v=v, d=dps_too: b.config(m, batch, v, dps_too=d, full=not cpu),
-                      need_s=90 if v.get("compile") else 20)
+                prio = (2 if v is best else 3) if i == 0 and j == 0 else 3.5 if i == 0 else 5
+                jobs.append((prio, f"{m} batch {batch} {variant_name(v)}",
+                             lambda m=m, batch=batch, v=v, d=dps_too: b.config(m, batch, v, dps_too=d, full=not cpu),
+                             90 if v.get("compile") else 20))
+    if b.dev.type == "cuda":
+        jobs.append((6, "DPS-100 full run (extrapolation check)", lambda: b.dps_validation(models[0]), 40))
+    for _, name, fn, need in sorted(jobs, key=lambda j: j[0]):
+        b.job(name, fn, need_s=need)
     if cpu:
         b.job("fp16 convolution probe", b.fp16_cpu_probe)
         if not a.cpu_compile:
@@ -374,8 +383,6 @@ def plan(b: Bench):
         b.out["skipped"].append({"job": "CUDA-graph CG (cg_graph)", "why": "CUDA only"})
         b.out["notes"].append("CPU option rows time the network and the CG solve separately (warm-up + 1 run each) "
                               "and report DDS-50 as 50 x (network + CG); the fp32 rows run the samplers")
-    elif b.dev.type == "cuda":
-        b.job("DPS-100 full run (extrapolation check)", lambda: b.dps_validation(models[0]), need_s=40)
 
 
 # ---------------------------------------------------------------------------------------------- report
