@@ -9,7 +9,7 @@ import torch
 
 from invsolve.cli import main
 from invsolve.data import fastmri
-from invsolve.errors import InputFileError, InvalidValueError, InvsolveError
+from invsolve.errors import InputFileError, InvalidValueError, InvsolveError, ShapeError
 from invsolve.operators import fft2c, masks
 
 h5py = pytest.importorskip("h5py")
@@ -178,3 +178,32 @@ def test_cli_full_size_fastmri_with_the_random_320_adm(full_file, tmp_path):
     assert rec["cost"]["nfe"] == 2 and rec["solve_config"]["prior"] == "adm-fastmri320-complex-random"
     x = np.load(out / "reconstruction.npy")
     assert x.shape == (1, 1, 320, 320) and np.iscomplexobj(x) and np.isfinite(x).all()
+
+
+def test_undersampled_file_keeps_its_lines_and_phase_encoding_matrix(small_file, tmp_path):
+    # a test-set-like file: the file's mask selects columns, k-space elsewhere is zero; readout still 2x oversampled
+    from invsolve.tasks import build_problem
+
+    path, _ = small_file
+    with h5py.File(path, "r") as f:
+        k, header = f["kspace"][()], f["ismrmrd_header"][()]
+    m = masks.uniform1d((128, 72), 4, 0.2, seed=7)[0].numpy()  # (72,) column mask
+    under = tmp_path / "under.h5"
+    with h5py.File(under, "w") as f:
+        f["kspace"] = k * m
+        f["mask"] = m
+        f["ismrmrd_header"] = header
+    pb = build_problem(dict(task="mri", source="kspace", path=str(under), slice=1, espirit_calib=8))
+    assert pb.x_true is None and pb.y.shape == (1, 8, 64, 72)  # readout cropped to 64, phase encoding kept
+    assert torch.equal(pb.operator.mask[0, 0, 0].cpu(), torch.from_numpy(m).float())
+    assert "retrospective" not in pb.meta
+    # the measured lines are the readout-cropped k-space of the same slice
+    ref = fastmri.crop_readout(torch.from_numpy(k[1]) * torch.from_numpy(m), 64)
+    assert torch.allclose(pb.y[0], ref, atol=1e-6 * float(ref.abs().max()))
+    # a header that does not describe the stored k-space is refused, naming both shapes
+    bad = tmp_path / "bad.h5"
+    with h5py.File(bad, "w") as f:
+        f["kspace"] = k[:, :, :, :64]
+        f["ismrmrd_header"] = header
+    with pytest.raises(ShapeError, match=r"shape \(128, 64\) but its ismrmrd_header encodes a 128x72 matrix"):
+        build_problem(dict(task="mri", source="kspace", path=str(bad), slice=0))
