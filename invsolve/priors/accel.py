@@ -43,9 +43,15 @@ class AcceleratedNetwork(nn.Module):
         object.__setattr__(self, "_call", fn)
 
     def forward(self, x, *args, **kwargs):
-        if self.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self._call(x, *args, **kwargs)
+        if not self.channels_last or x.dim() != 4:
+            return self._call(x, *args, **kwargs)
+        out = self._call(x.contiguous(memory_format=torch.channels_last), *args, **kwargs)
+        # hand back NCHW, as the wrapped network would (diffusers returns an output object with .sample)
+        if isinstance(out, torch.Tensor):
+            return out.contiguous()
+        if isinstance(getattr(out, "sample", None), torch.Tensor):
+            out.sample = out.sample.contiguous()
+        return out
 
     def __getattr__(self, name):
         try:
