@@ -318,6 +318,25 @@ class Bench:
         per_step, mem = run_dps(prior, op, y, self.dev, 100, self.a.warmup)
         self.out["rows"].append(row(model, 1, {}, "dps-100-full-run", 100, per_step, mem, 100, self.dev))
 
+    def paired(self, model, variants, rounds=2):
+        """Network forward time of each option set against fp32, measured back to back (fp32, option, fp32,
+        option, ...) so that both see the same machine load; the speed-up is the median of the per-pair ratios."""
+        dev = self.dev
+        ref = make_prior(model, dev, {}, self.a.tiny)
+        xp = torch.randn((1, ref.channels) + tuple(ref.image_size), device=dev)
+        with torch.no_grad():
+            ref.tweedie(xp, 500)  # warm-up
+            for v in variants:
+                prior = make_prior(model, dev, v, self.a.tiny)
+                prior.tweedie(xp, 500)
+                pairs = [(timed(lambda: ref.tweedie(xp, 500), dev, reps=1, warmup=0),
+                          timed(lambda p=prior: p.tweedie(xp, 500), dev, reps=1, warmup=0)) for _ in range(rounds)]
+                self.out.setdefault("paired", []).append({
+                    "model": model, "variant": variant_name(v), "pairs_s": pairs, "rounds": rounds,
+                    "speedup_median": statistics.median(a / b for a, b in pairs), "load_average": load()})
+                del prior
+                self.save()
+
     def fp16_cpu_probe(self):
         """One 3x3 convolution (128 channels, 80x80) per dtype: why fp16 is not run on this CPU."""
         x = torch.randn(1, 128, 80, 80)
@@ -466,6 +485,14 @@ def report_section(files) -> str:
             "CPU" not in m["device"] else "growth of the process's resident set during the run (weights excluded; "
             "a rough figure on CPU).")]
         lines += _ratios(rows)
+        for m in MODELS:
+            pr = [x for x in d.get("paired", []) if x["model"] == m]
+            if pr:
+                lines.append(f"- {m}, network forward pass timed back to back with fp32 (median ratio of "
+                             f"{pr[0]['rounds']} pairs, the fairer comparison under a varying load): " + ", ".join(
+                                 f"{x['variant']} {x['speedup_median']:.2f}x "
+                                 f"({_fmt_s(statistics.median(b for _, b in x['pairs_s']))} vs "
+                                 f"{_fmt_s(statistics.median(a for a, _ in x['pairs_s']))})" for x in pr) + ".")
         hs = d.get("host_syncs") or {}
         if hs:
             lines += ["", "Host synchronisations (`invsolve._syncs.HostSyncCounter`): " + "; ".join(
@@ -537,6 +564,8 @@ def main():
     ap.add_argument("--tiny", action="store_true", help="tiny networks (plumbing checks of the device's own plan)")
     ap.add_argument("--out", default=None, help="result JSON (default benchmarks/results/real_scale_<device>.json)")
     ap.add_argument("--report", action="store_true", help="only rewrite the BENCHMARKS.md section from results")
+    ap.add_argument("--paired", action="store_true",
+                    help="only the back-to-back fp32-vs-option network timings (batch 1), merged into --out")
     ap.add_argument("--no-report", action="store_true", help="do not touch BENCHMARKS.md after measuring")
     a = ap.parse_args()
     bad = sorted(set(a.models.split(",")) - set(MODELS))
@@ -568,6 +597,15 @@ def main():
     a.out = a.out or str(RESULTS / f"real_scale_{'smoke' if a.tiny else dev.type}.json")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     b = Bench(a)
+    if a.paired:
+        if Path(a.out).exists():  # keep what the main run measured; add (or replace) the paired timings
+            b.out = {**json.loads(Path(a.out).read_text()), "paired": [], "paired_argv": sys.argv[1:]}
+        variants = [{"dtype": "bf16"}, {"channels_last": True}, {"dtype": "bf16", "channels_last": True}]
+        for m in a.models:
+            b.job(f"{m} paired fp32 vs options", lambda m=m: b.paired(m, variants))
+        b.save()
+        print(f"added paired timings to {a.out}")
+        return 1 if b.out["errors"] else 0
     b.out["notes"].append("random-weight real-size ADM networks: timing only (quality from the 64 px priors)")
     plan(b)
     b.save()
