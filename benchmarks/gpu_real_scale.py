@@ -452,24 +452,25 @@ def report_section(files) -> str:
         d = json.loads(Path(f).read_text())
         m = d["machine"]
         rows = d["rows"]
-        ext = sorted({r["extrapolated_from_steps"] for r in rows if "extrapolated_from_steps" in r and
-                      r["sampler"].startswith("dps")})
-        ext_dds = sorted({r["extrapolated_from_steps"] for r in rows if "extrapolated_from_steps" in r and
-                          r["sampler"].startswith("dds")})
-        lines += [f"### {m['device']} ({d['mode']})", "",
+        ran = {}
+        for r in rows:
+            if "extrapolated_from_steps" in r:
+                label = "DPS" if r["sampler"].startswith("dps") else r["sampler"]
+                ran.setdefault(label, set()).add(r["extrapolated_from_steps"])
+        lines += [f"### {m['device']} — {d['mode']}", "",
                   f"{m['torch_threads']} torch thread(s), torch {m['torch']}, {m['date']}; load average "
-                  f"{d['load_average_start']} at the start, {d.get('load_average_end')} at the end (other jobs shared "
-                  "the machine: wall times are upper bounds). Command: `python benchmarks/gpu_real_scale.py "
-                  f"{' '.join(d['argv'])}`.", ""]
-        if ext or ext_dds:
-            lines += ["**Extrapolated**: " + "; ".join(
-                ([f"DDS ran {', '.join(map(str, ext_dds))} of its 50 steps"] if ext_dds else [])
-                + ([f"DPS ran {', '.join(map(str, ext))} step(s)"] if ext else []))
-                + " after a warm-up, and the per-image time is the measured time per step times the step count "
+                  f"{d['load_average_start']} at the start, {d.get('load_average_end')} at the end (every row records "
+                  "its own; other jobs shared the machine, so wall times are upper bounds). Command: "
+                  f"`python benchmarks/gpu_real_scale.py {' '.join(d['argv'])}`"
+                  + (f", then `... {' '.join(d['paired_argv'])}`" if d.get("paired_argv") else "") + ".", ""]
+        if ran:
+            lines += ["**Extrapolated** (`*`): " + ", ".join(
+                f"{k} ran {'/'.join(map(str, sorted(v)))} step(s)" for k, v in ran.items())
+                + " with a warm network, and the per-image time is the measured time per step times the step count "
                 "(every step costs the same: one network call, plus the same CG for DDS, plus one backward pass for "
                 "DPS).", ""]
         lines += ["| model | batch | options | sampler | NFE | s / image | images / s | peak memory | network / step "
-                  "| CG / step | CG share |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| CG / step | CG share | load |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             net = r.get("network_seconds_per_step")
             lines.append(
@@ -478,7 +479,7 @@ def report_section(files) -> str:
                 f"{r['images_per_second']:.3g} | {_mib(r['peak_memory_bytes'])} | "
                 f"{_fmt_s(net) if net is not None else ''} | "
                 f"{_fmt_s(r['cg_seconds_per_step']) if net is not None else ''} | "
-                f"{format(r['cg_share'], '.1%') if net is not None else ''} |")
+                f"{format(r['cg_share'], '.1%') if net is not None else ''} | {r['load_average']} |")
         lines += ["", "`*` extrapolated per step (see above); `†` DDS-50 = 50 x (network + CG), timed separately. "
                   "Peak memory: " + (
             "CUDA `max_memory_allocated` during the run, weights included." if d["machine"]["device"] != "cpu" and
