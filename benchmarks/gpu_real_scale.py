@@ -220,8 +220,9 @@ class Bench:
         return self.a.budget_s - (time.perf_counter() - self.t0)
 
     def save(self):
-        self.out["load_average_end"] = load()
-        self.out["elapsed_s"] = round(time.perf_counter() - self.t0, 1)
+        prefix = "paired_" if self.a.paired else ""  # a --paired run keeps the main run's figures
+        self.out[prefix + "load_average_end"] = load()
+        self.out[prefix + "elapsed_s"] = round(time.perf_counter() - self.t0, 1)
         write_json(Path(self.a.out), self.out, indent=1)
 
     def job(self, name, fn, need_s=0):
