@@ -136,3 +136,16 @@ def test_cuda_dds_syncs_do_not_grow_with_steps():
             dds(prior, op, y, generators=[torch.Generator().manual_seed(i) for i in range(2)], steps=steps)
         counts.append(c.total)
     assert counts[0] == counts[1], counts
+
+
+def test_cg_graph_needs_cuda_and_is_a_declared_neutral_option():
+    from invsolve.errors import InvalidValueError
+    from invsolve.samplers import get_sampler
+
+    spec = get_sampler("dds")
+    assert spec.defaults["cg_graph"] is False and "cg_graph" in spec.neutral
+    prior = _tiny_complex_adm("cpu")
+    op, y = _mri_problem("cpu")
+    with pytest.raises(InvalidValueError, match="cg_graph=True replays CUDA graphs, but the data is on cpu"):
+        dds(prior, op, y, generators=[torch.Generator()] * 2, steps=2, cg_graph=True)
+    assert prior.nfe == 0  # refused before any network call
