@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu_real_scale.sh               # on the GPU machine (OUT=... where results should land)
 #   bash benchmarks/gpu_real_scale.sh --cpu-smoke   # here, without a GPU: the same steps, tiny networks on the CPU
 #   bash benchmarks/gpu_real_scale.sh --fetch-wheels  # here, before the GPU call (optional, see below)
+#   bash benchmarks/gpu_real_scale.sh --tests-only | --bench-only   # one half, e.g. for a second, shorter call
 #
 # Afterwards, on the development machine:
 #   cp OUT/real_scale_gpu.json benchmarks/results/ && python benchmarks/gpu_real_scale.py --report
@@ -19,8 +20,12 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 MODE=gpu
+RUN_TESTS=1
+RUN_BENCH=1
 case "${1:-}" in
   --cpu-smoke) MODE=smoke ;;
+  --tests-only) RUN_BENCH=0 ;;
+  --bench-only) RUN_TESTS=0 ;;
   --fetch-wheels)
     mkdir -p .whl
     for spec in diffusers==0.42.1 importlib_metadata==8.7.0 omegaconf==2.4.0; do
@@ -30,7 +35,7 @@ case "${1:-}" in
     done
     ls -la .whl; exit 0 ;;
   "") ;;
-  *) echo "usage: $0 [--cpu-smoke | --fetch-wheels]" >&2; exit 2 ;;
+  *) echo "usage: $0 [--cpu-smoke | --tests-only | --bench-only | --fetch-wheels]" >&2; exit 2 ;;
 esac
 OUT=${OUT:-/tmp/invsolve_real_scale}
 mkdir -p "$OUT"
@@ -57,11 +62,14 @@ EOF
 cat "$OUT/env.txt"
 
 # 2. CUDA tests (collected and skipped without CUDA)
-TESTS="tests/test_gpu.py tests/test_host_sync.py tests/test_blur.py tests/test_ct.py tests/test_sampling_ops.py"
-timeout 180 "$PY" -m pytest -q -p no:cacheprovider -m gpu $TESTS -rs --junitxml="$OUT/gpu_tests.xml" \
-  2>&1 | tee "$OUT/gpu_tests.log"
-TEST_RC=${PIPESTATUS[0]}
-echo "gpu tests: exit $TEST_RC after $(( $(date +%s) - T0 )) s"
+TEST_RC=0
+if [ "$RUN_TESTS" = 1 ]; then
+  TESTS="tests/test_gpu.py tests/test_host_sync.py tests/test_blur.py tests/test_ct.py tests/test_sampling_ops.py"
+  timeout 180 "$PY" -m pytest -q -p no:cacheprovider -m gpu $TESTS -rs --junitxml="$OUT/gpu_tests.xml" \
+    2>&1 | tee "$OUT/gpu_tests.log"
+  TEST_RC=${PIPESTATUS[0]}
+  echo "gpu tests: exit $TEST_RC after $(( $(date +%s) - T0 )) s"
+fi
 
 # 3. benchmark: stops starting new jobs after --budget-s; the JSON is rewritten after every job
 if [ "$MODE" = gpu ]; then
@@ -71,8 +79,11 @@ else
   BENCH=(--cpu-smoke --threads 1 --models adm-ffhq256 --variants bf16,compile --out "$OUT/real_scale_smoke.json")
   LIMIT=600
 fi
-timeout $LIMIT "$PY" benchmarks/gpu_real_scale.py "${BENCH[@]}" 2>&1 | tee "$OUT/bench.log"
-BENCH_RC=${PIPESTATUS[0]}
+BENCH_RC=0
+if [ "$RUN_BENCH" = 1 ]; then
+  timeout $LIMIT "$PY" benchmarks/gpu_real_scale.py "${BENCH[@]}" 2>&1 | tee "$OUT/bench.log"
+  BENCH_RC=${PIPESTATUS[0]}
+fi
 echo "benchmark: exit $BENCH_RC; total $(( $(date +%s) - T0 )) s; results in $OUT"
 [ "$TEST_RC" -eq 0 ] || [ "$TEST_RC" -eq 5 ] || exit "$TEST_RC"  # 5: no tests collected
 exit "$BENCH_RC"
