@@ -486,7 +486,7 @@ def report_section(files) -> str:
             "CUDA `max_memory_allocated` during the run, weights included." if d["machine"]["device"] != "cpu" and
             "CPU" not in m["device"] else "growth of the process's resident set during the run (weights excluded; "
             "a rough figure on CPU).")]
-        lines += _ratios(rows)
+        lines += _ratios(rows, paired={x["model"] for x in d.get("paired", [])})
         for m in MODELS:
             pr = [x for x in d.get("paired", []) if x["model"] == m]
             if pr:
@@ -497,8 +497,10 @@ def report_section(files) -> str:
                                  f"{_fmt_s(statistics.median(a for a, _ in x['pairs_s']))})" for x in pr) + ".")
         hs = d.get("host_syncs") or {}
         if hs:
-            lines += ["", "Host synchronisations (`invsolve._syncs.HostSyncCounter`): " + "; ".join(
-                f"{k}: {v['counts'] if isinstance(v, dict) and 'counts' in v else v}" for k, v in hs.items()) + "."]
+            lines += ["", "Host synchronisations counted by `invsolve._syncs.HostSyncCounter` (reads of device values, "
+                      "device-to-host and blocking host-to-device copies; on a CPU only the reads, host and device "
+                      "being one): " + "; ".join(
+                          f"{k.replace('_', ' ')}: {_syncs(v)}" for k, v in hs.items()) + "."]
         if d.get("skipped"):
             lines += ["", "Not measured here: " + "; ".join(f"{s['job']} ({s['why']})" for s in d["skipped"]) + "."]
         if d.get("errors"):
@@ -518,7 +520,15 @@ def _speedup(base, r):
     return base["seconds_per_image"] / r["seconds_per_image"]
 
 
-def _ratios(rows):
+def _syncs(v):
+    if isinstance(v, dict) and "counts" in v:
+        return ", ".join(f"{n} {k}" for k, n in v["counts"].items()) or "0"
+    return str(v)
+
+
+def _ratios(rows, paired=()):
+    """Headline ratios; the per-option speed-up line is left out for models with back-to-back (paired) timings,
+    which are the fair comparison where option rows ran at another time (and load) than the fp32 row."""
     out = []
     for m in MODELS:
         for batch in sorted({r["batch"] for r in rows}):
@@ -532,7 +542,7 @@ def _ratios(rows):
                     mem = f"{a / b:.2f}" if a and b and base[label]["device"] == "cuda" else "n/a (CPU)"
                     out.append(f"- {m}, batch {batch}, fp32: DPS-1000 / {label} wall clock = **{sp:.0f}x**; "
                                f"{label} / DPS peak memory = {mem}.")
-        for label in ("dds", "dds-quality"):
+        for label in ("dds", "dds-quality") if m not in paired else ():
             rs = [r for r in rows if r["model"] == m and r["sampler"] == label and r["batch"] == 1]
             b0 = next((r for r in rs if r["variant"] == "fp32"), None)
             if not b0 or len(rs) < 2:
