@@ -57,7 +57,10 @@ class AcceleratedNetwork(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            return getattr(self._modules["inner"], name)
+            modules = self.__dict__.get("_modules")
+            if name.startswith("__") or not modules or "inner" not in modules:  # copying/unpickling: not yet built
+                raise
+            return getattr(modules["inner"], name)
 
 
 def network_attr(prior: Prior) -> str:
