@@ -146,6 +146,62 @@ def cg(
     return CGResult(x=x, iterations=iters, residual_norm=rnorm, history=torch.stack(history))
 
 
+class GraphedCG:
+    """Fixed-iteration :func:`cg` captured once as a CUDA graph and replayed (CUDA tensors only).
+
+    ``solver = GraphedCG(max_iter=5)``; ``solver(K, b, x0)`` returns what ``cg(K, b, x0, max_iter=5)`` returns. The
+    first call (and any call with another shape/dtype/device) captures the whole solve, ``K`` included, into a
+    ``torch.cuda.CUDAGraph`` after two warm-up runs on a side stream; later calls copy ``b`` and ``x0`` into the
+    captured input buffers and replay the graph, so the host issues one launch instead of the ~10-20 small kernels
+    per iteration. This is possible because fixed-iteration CG makes no host synchronisation.
+
+    The caller guarantees that ``K`` is the same linear map at every call (same operator tensors and constants, as
+    in a DDS run, where only the right-hand side and the warm start change): later ``K`` arguments are not looked
+    at. Replay pays off when kernel launches, not the FFTs, dominate (small images or few coils; measure it:
+    ``benchmarks/gpu_real_scale.py``).
+    """
+
+    def __init__(self, max_iter: int = 5, reference_complex_inner_product: bool = False, warmup: int = 2):
+        if max_iter < 1:
+            raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+        self.max_iter, self.reference = int(max_iter), bool(reference_complex_inner_product)
+        self.warmup = int(warmup)
+        self.graph = None
+        self.captures = 0
+        self._key = None
+
+    def _solve(self, K, b, x0):
+        return cg(K, b, x0, max_iter=self.max_iter, reference_complex_inner_product=self.reference)
+
+    def _capture(self, K, b, x0):
+        self._b, self._x0 = b.clone(), None if x0 is None else x0.clone()
+        side = torch.cuda.Stream(device=b.device)
+        side.wait_stream(torch.cuda.current_stream(b.device))
+        with torch.cuda.stream(side):  # warm-up: cuFFT plans, allocator pools
+            for _ in range(self.warmup):
+                self._solve(K, self._b, self._x0)
+        torch.cuda.current_stream(b.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._out = self._solve(K, self._b, self._x0)
+        self.captures += 1
+
+    def __call__(self, K: Callable[[Tensor], Tensor], b: Tensor, x0: Optional[Tensor] = None) -> CGResult:
+        if b.device.type != "cuda":
+            raise ValueError(f"GraphedCG replays CUDA graphs; b is on {b.device} (use cg() there)")
+        key = (tuple(b.shape), b.dtype, b.device, x0 is None)
+        if self.graph is None or key != self._key:
+            self._key = key
+            self._capture(K, b, x0)
+        self._b.copy_(b)
+        if x0 is not None:
+            self._x0.copy_(x0)
+        self.graph.replay()
+        o = self._out  # the graph's output buffers are overwritten by the next replay: hand out copies
+        return CGResult(x=o.x.clone(), iterations=o.iterations.clone(), residual_norm=o.residual_norm.clone(),
+                        history=o.history.clone())
+
+
 def power_iteration(K: Callable[[Tensor], Tensor], x0: Tensor, iterations: int = 30) -> Tensor:
     """Largest eigenvalue of the Hermitian PSD operator ``K`` per sample, shape ``(B,)`` float64."""
     x = x0 / _bcast(_dot(x0, x0).sqrt().clamp_min(1e-30), x0).to(x0.dtype)

@@ -28,12 +28,12 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from . import checks
 from ._json import json_safe
 from .config import check_keys, load_mapping, parse_overrides, require_mapping
-from .errors import ConfigError, InvalidValueError, UnknownNameError
+from .errors import ConfigError, InvalidValueError, InvsolveError, UnknownNameError
 
 DEFAULTS: Dict[str, Any] = {
     "problem": {},
     "solver": {"prior": None, "sampler": "dds", "steps": None, "seed": 0, "num_samples": 1, "device": None,
-               "data_scale": "auto", "preset": None, "options": {}},
+               "data_scale": "auto", "preset": None, "options": {}, "prior_options": {}, "prior_adapter": None},
     "baselines": None,
     "output": {"dir": None, "overwrite": False, "figure": True},
 }
@@ -123,6 +123,14 @@ def preflight(cfg) -> Dict[str, Any]:
     if preset is not None and not isinstance(preset, (bool, str)):
         raise InvalidValueError(f"solver.preset={preset!r} is not accepted; expected null (look one up), false (off) "
                                 f"or a preset id (invsolve.presets.available())")
+    if not isinstance(sv.prior_options, DictConfig):
+        raise ConfigError("solver.prior_options must be a mapping of load_prior keywords, e.g. "
+                          "solver.prior_options.dtype=bf16")
+    from .priors.adapters import ADAPTERS
+
+    if sv.prior_adapter is not None and sv.prior_adapter not in ADAPTERS:
+        raise InvalidValueError(f"solver.prior_adapter={sv.prior_adapter!r} is not accepted; expected one of "
+                                f"{sorted(ADAPTERS)} or null")
     prior = sv.prior
     if spec.needs_prior and prior is not None:
         if not isinstance(prior, str):
@@ -167,18 +175,21 @@ def run(cfg, progress: bool = True) -> Dict[str, Any]:
     """Run a reconstruction config; returns the run record (also written to ``run.json``)."""
     from .api import solve
     from .eval.metrics import psnr, relative_l2, ssim
+    from .samplers import get_sampler
     from .tasks import build_problem
 
     pre = preflight(cfg)
     out = pre["output_dir"]
-    problem = build_problem(pre["problem"])
     sv = cfg.solver
+    prior = _load_prior(sv) if get_sampler(sv.sampler).needs_prior else None
+    problem = build_problem(pre["problem"])
+    prior = _adapt(prior, sv, problem.operator)
     check_methods(problem, pre, sv.sampler)
     B = problem.y.shape[0]
     seed = pre["seed"] if problem.joint else [pre["seed"]] * B  # a volume's slices: seed + slice index
     preset = pre["preset"]
     # only the user's options are passed: solve() adds the preset and the registered defaults under them
-    res = _solve(solve, problem, pre["options"], sampler=sv.sampler, prior=sv.prior, seed=seed,
+    res = _solve(solve, problem, pre["options"], sampler=sv.sampler, prior=prior, seed=seed,
                  num_samples=pre["num_samples"], device=pre["device"], data_scale=sv.data_scale, progress=progress,
                  preset=preset)
     baselines = problem.default_baselines if pre["baselines"] is None else pre["baselines"]
@@ -246,6 +257,37 @@ def _solve(solve, problem, options: Dict[str, Any], **kw):
     if res.config.get("sigma_y", {}).get("source") == "argument":
         res.config["sigma_y"]["source"] = source
     return res
+
+
+def _load_prior(sv):
+    """``solver.prior`` as given (a name, loaded by :func:`solve`), or loaded here with ``solver.prior_options``
+    (``load_prior`` keywords: ``arch``, ``dtype``, ``random_init``, ``channels_last``, ``compile``, ...) when those
+    or ``solver.prior_adapter`` are set; runs before the problem is built, so bad options fail first."""
+    from .priors.adapters import ADAPTERS
+
+    options = OmegaConf.to_container(sv.prior_options, resolve=True) or {}
+    if sv.prior_adapter is not None and sv.prior_adapter not in ADAPTERS:
+        raise InvalidValueError(f"solver.prior_adapter must be one of {sorted(ADAPTERS)} or null, got "
+                                f"{sv.prior_adapter!r}")
+    if not options and sv.prior_adapter is None:
+        return sv.prior
+    if sv.prior is None:
+        raise InvsolveError("solver.prior_options / solver.prior_adapter need solver.prior")
+    from .priors import load_prior
+
+    try:
+        return load_prior(sv.prior, **options)
+    except TypeError as e:  # an unknown keyword in solver.prior_options
+        raise InvalidValueError(f"solver.prior_options {sorted(options)}: {e}") from None
+
+
+def _adapt(prior, sv, operator):
+    """Wrap a loaded prior with ``solver.prior_adapter`` (``resize`` | ``pad``) to the operator's image size."""
+    if sv.prior_adapter is None or isinstance(prior, str) or prior is None:
+        return prior
+    from .priors.adapters import fit_to
+
+    return fit_to(prior, tuple(operator.input_shape[-2:]), sv.prior_adapter)
 
 
 def _sampler_options(options: Dict[str, Any], sampler: str) -> Dict[str, Any]:

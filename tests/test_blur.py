@@ -149,6 +149,7 @@ def test_validation_errors():
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu():
     op = Blur(motion_kernel(21, 0.5, seed=0), padding="reflect")
     x = torch.rand(2, 3, 40, 40)

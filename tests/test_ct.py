@@ -180,6 +180,7 @@ def test_autograd_matches_adjoint():
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu(phantom):
     op = ParallelBeamCT(N, sparse_view_angles(30))
     x = torch.tensor(phantom, dtype=torch.float32)[None, None].repeat(3, 1, 1, 1)

@@ -137,6 +137,7 @@ def test_sr_errors_and_shapes():
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu():
     x = torch.rand(2, 3, 32, 32)
     for op in (SuperResolution(4, "bicubic"), SuperResolution(2, "avgpool"), Inpainting(random_mask((32, 32), 0.5))):

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, Dict, Tuple
 
 NEUTRAL: Dict[str, Tuple[str, ...]] = {
-    "dds": ("clip", "init", "init_knobs", "t_start"),
+    "dds": ("clip", "init", "init_knobs", "t_start", "cg_graph"),
     "dps": ("sigma_y",),
     "enkg": ("sigma_y",),
     "stsl": ("cap", "sigma_y"),

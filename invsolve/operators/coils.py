@@ -19,19 +19,21 @@ def normalize_maps(maps: torch.Tensor, support: Optional[torch.Tensor] = None, e
 
 
 def birdcage(n_coils: int = 8, shape: Tuple[int, int] = (64, 64), radius: float = 1.5, n_rings: int = 1,
-             dtype: torch.dtype = torch.complex64) -> torch.Tensor:
+             dtype: torch.dtype = torch.complex64, extent: Tuple[float, float] = (1.0, 1.0)) -> torch.Tensor:
     """Simulated birdcage coil maps ``(Nc, H, W)``, normalised to unit sum of squares everywhere.
 
     ``n_coils`` loops are placed evenly on ``n_rings`` rings of radius ``radius`` (in units of the half field of
     view) around the image; each loop's sensitivity falls off as ``1/distance`` and carries the phase of its
-    angular position (the usual Biot–Savart-like 2-D approximation).
+    angular position (the usual Biot–Savart-like 2-D approximation). ``extent``: the grid's half-size along
+    (H, W) in those units (default 1: the grid is the field of view); e.g. ``(2.0, 1.15)`` for a 640x368 grid
+    around a 320x320 field of view (2x readout oversampling, as in fastMRI).
     """
     if n_coils < 1:
         raise ValueError(f"n_coils must be >= 1, got {n_coils}")
     if len(shape) != 2:
         raise ShapeError(f"shape must be (H, W), got {shape}")
     H, W = shape
-    y, x = np.meshgrid(np.linspace(-1, 1, H), np.linspace(-1, 1, W), indexing="ij")
+    y, x = np.meshgrid(np.linspace(-1, 1, H) * extent[0], np.linspace(-1, 1, W) * extent[1], indexing="ij")
     per_ring = int(np.ceil(n_coils / n_rings))
     maps = []
     for c in range(n_coils):

@@ -183,3 +183,17 @@ class RGBToGray(PriorAdapter):
 
     def _denoise_net(self, x, sigma):
         return self.inner.denoise(x, sigma)
+
+
+ADAPTERS = {"resize": ResizePrior, "pad": PadPrior}
+
+
+def fit_to(prior: Prior, image_size, how: str) -> Prior:
+    """``prior`` on images of ``image_size`` through the adapter ``how`` (``"resize"`` or ``"pad"``); returned
+    unchanged when the sizes already agree."""
+    if how not in ADAPTERS:
+        from ..errors import InvalidValueError
+
+        raise InvalidValueError(f"prior adapter must be one of {sorted(ADAPTERS)}, got {how!r}")
+    size = _size(image_size)
+    return prior if tuple(prior.image_size) == size else ADAPTERS[how](prior, size)

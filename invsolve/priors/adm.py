@@ -342,14 +342,25 @@ class ADMPrior(Prior):
 def load_adm_prior(source: str, *, arch: Union[str, ADMConfig, dict, None] = None,
                    arch_overrides: Optional[dict] = None, device=None, dtype=torch.float32,
                    name: Optional[str] = None, is_complex: Optional[bool] = None, data_range=None,
-                   max_batch: Optional[int] = None, card: Optional[dict] = None) -> ADMPrior:
+                   max_batch: Optional[int] = None, card: Optional[dict] = None, random_init: bool = False,
+                   seed: int = 0) -> ADMPrior:
     """Load an ADM checkpoint (``.pt``/``.pth``/``.safetensors`` state dict) as an :class:`ADMPrior`.
 
     ``source`` is the weights file, or a directory whose ``invsolve_prior.json`` says
     ``{"kind": "adm", "arch": ..., "weights": "file.pt"}`` (plus optional ``arch_overrides``, ``data_range``...).
     ``arch`` is a preset name (:data:`PRESETS`), an :class:`ADMConfig` or a dict of its fields;
     ``arch_overrides`` changes fields of it. Prior options default to the preset's (else real, range [0, 1]).
+
+    ``source`` may also be a preset name with ``random_init=True``: the preset network with random weights drawn
+    from ``seed`` (PyTorch's default initialisation). Its samples are noise; it exists for timing (cost does not
+    depend on the weights) and for testing the plumbing at full size.
     """
+    if random_init:
+        return _random_adm(source, arch, arch_overrides, device, dtype, name, is_complex, data_range, max_batch,
+                           card, seed)
+    if isinstance(source, str) and source in PRESETS and not Path(source).exists():
+        raise InvsolveError(f"{source!r} is an ADM architecture preset, not a checkpoint: pass the weights file with "
+                            f"arch={source!r}, or random_init=True for random weights (timing and tests only)")
     p = Path(source).expanduser()
     meta: dict = {}
     if p.is_dir():
@@ -386,4 +397,25 @@ def load_adm_prior(source: str, *, arch: Union[str, ADMConfig, dict, None] = Non
         max_batch=max_batch if max_batch is not None else defaults.get("max_batch"),
         card=card if card is not None else info,
     )
+    return prior.to(device) if device is not None else prior
+
+
+def _random_adm(source, arch, arch_overrides, device, dtype, name, is_complex, data_range, max_batch, card,
+                seed) -> ADMPrior:
+    arch = arch if arch is not None else str(source)
+    cfg = adm_config(arch, **(arch_overrides or {}))  # unknown names raise with the list of presets
+    defaults = dict(PRESETS[arch][1]) if isinstance(arch, str) else {}
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda), torch.device(dev):
+        torch.manual_seed(seed)  # drawn on the target device (fast for 361 M parameters; weights differ by device)
+        net = ADMUNet(cfg)
+    net = net.to(as_dtype(dtype))
+    label = arch if isinstance(arch, str) else "custom"
+    info = {"kind": "adm", "arch": label, "config": asdict(cfg), "weights": f"random (seed {seed}, drawn on {dev})",
+            "summary": f"{label} with RANDOM weights: for timing and plumbing tests, not for reconstruction",
+            **({"normalization": defaults["normalization"]} if "normalization" in defaults else {})}
+    prior = ADMPrior(net, is_complex=defaults.get("is_complex", False) if is_complex is None else is_complex,
+                     data_range=tuple(defaults.get("data_range", (0.0, 1.0)) if data_range is None else data_range),
+                     name=name or f"{label}-random", max_batch=max_batch, card=card if card is not None else info)
     return prior.to(device) if device is not None else prior

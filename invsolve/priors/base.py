@@ -47,6 +47,9 @@ class Prior(nn.Module):
         super().__init__()
         ab = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
         self.register_buffer("alphas_cumprod", ab, persistent=False)
+        # host copy (a plain attribute: it stays on the CPU when the prior moves) so that alpha_bar(int) never reads
+        # device memory: no host synchronisation per sampling step on a GPU
+        self._alphas_cumprod_host = ab.clone()
         log_sigmas = 0.5 * torch.log((1 - ab) / ab)
         self.register_buffer("log_sigmas", log_sigmas, persistent=False)
         self.image_size = tuple(int(s) for s in image_size)
@@ -110,8 +113,15 @@ class Prior(nn.Module):
 
     # ------------------------------------------------------------------ VP view
     def alpha_bar(self, t) -> Tensor:
-        """``abar_t`` (float64) for integer timesteps; ``t = -1`` gives 1. Accepts int or a tensor."""
-        t = torch.as_tensor(t, device=self.alphas_cumprod.device)
+        """``abar_t`` (float64) for integer timesteps; ``t = -1`` gives 1. Accepts int or a tensor.
+
+        A Python int gives a 0-d *CPU* tensor (read from a host copy of the schedule, so no device read; it
+        broadcasts against tensors on any device as a scalar); a tensor ``t`` gives a tensor on the prior's device.
+        """
+        if not isinstance(t, torch.Tensor):
+            k = int(t)
+            return self._alphas_cumprod_host[k] if k >= 0 else torch.ones((), dtype=torch.float64)
+        t = t.to(self.alphas_cumprod.device)
         ab = self.alphas_cumprod[t.clamp_min(0).long()]
         return torch.where(t < 0, torch.ones_like(ab), ab)
 
@@ -121,7 +131,10 @@ class Prior(nn.Module):
 
     def eps(self, x: Tensor, t) -> Tensor:
         """Predicted noise ``eps_theta(x_t, t)``; ``t`` is an int, a float or a ``(B,)`` tensor."""
-        t = torch.as_tensor(t, device=x.device, dtype=torch.float32)
+        if isinstance(t, torch.Tensor):
+            t = t.to(device=x.device, dtype=torch.float32)
+        else:  # a fill kernel on the device: no host-to-device copy (which would synchronise)
+            t = torch.full((x.shape[0],), float(t), device=x.device, dtype=torch.float32)
         if t.dim() == 0:
             t = t.expand(x.shape[0])
         self.nfe += 1

@@ -65,12 +65,25 @@ def load_prior(name_or_path: Union[str, Path, Prior], *, device: Optional[Union[
     A weights file (``.pt``/``.pth``/``.safetensors``) with ``arch=`` is an ADM checkpoint
     (:func:`invsolve.priors.adm.load_adm_prior`); without it, a diffusers ``UNet2DModel`` weights file with its
     ``config.json`` beside it or passed as ``config=``. ``dtype`` may be a torch dtype or a name ("fp16", "bf16").
+    An ADM preset name (``"adm-fastmri320-complex"``, ...) with ``random_init=True`` builds that network with random
+    weights (timing and plumbing only). ``channels_last=True`` / ``compile=True`` (``compile_mode=``) set inference
+    options of the network (:func:`invsolve.priors.accel.accelerate`).
     """
     if isinstance(name_or_path, Prior):
         return name_or_path.to(device) if device is not None else name_or_path
+    inference = {k: overrides.pop(k) for k in ("channels_last", "compile", "compile_mode", "compile_backend")
+                 if k in overrides}
+    if inference:
+        from .accel import accelerate
+
+        return accelerate(load_prior(name_or_path, device=device, dtype=dtype, **overrides), **inference)
     dtype = as_dtype(dtype)
     src = str(name_or_path)
     emb = _embedded()
+    if src not in emb and _is_adm_preset(src):  # an architecture preset: random weights on request only
+        from .adm import load_adm_prior
+
+        return load_adm_prior(src, device=device, dtype=dtype, **overrides)
     if src in emb:
         path = emb[src]
     else:
@@ -97,3 +110,8 @@ def load_prior(name_or_path: Union[str, Path, Prior], *, device: Optional[Union[
         raise InputFileError(f"prior {src!r}: cannot load its weights from {src_arg!r} ({type(e).__name__}: "
                              f"{detail}); re-export or re-download the prior") from e
 
+
+def _is_adm_preset(name: str) -> bool:
+    from .adm import PRESETS
+
+    return name in PRESETS

@@ -277,9 +277,16 @@ def check_compatible(spec: SamplerSpec, operator, prior, knobs: Optional[Dict[st
 
 # ---------------------------------------------------------------------------------------------- helpers
 def randn(shape: Sequence[int], generators: Sequence[torch.Generator], device, dtype=torch.float32) -> torch.Tensor:
-    """Standard normal batch ``(len(generators), *shape)``; item ``b`` drawn from ``generators[b]``."""
-    return torch.stack([torch.randn(tuple(shape), generator=g, device=g.device, dtype=dtype)
-                        for g in generators]).to(device)
+    """Standard normal batch ``(len(generators), *shape)``; item ``b`` drawn from ``generators[b]``.
+
+    Draws from CPU generators reach a CUDA device through pinned memory without blocking the host (a plain
+    pageable copy would synchronise once per sampling step).
+    """
+    z = torch.stack([torch.randn(tuple(shape), generator=g, device=g.device, dtype=dtype) for g in generators])
+    dev = torch.device(device)
+    if z.device.type == "cpu" and dev.type != "cpu":
+        return (z.pin_memory() if dev.type == "cuda" else z).to(dev, non_blocking=True)
+    return z.to(dev)
 
 
 def bshape(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -157,13 +157,14 @@ def noise_aware_weight(prior, t: int, y, *, sigma_y, dc: str = "auto", gamma="au
 
 
 def weighted_cg_solve(op, AHy, z0, lam, *, cg_iters: int, cg_tol: Optional[float],
-                      reference_complex_inner_product: bool = False, precision: str = "single"):
+                      reference_complex_inner_product: bool = False, precision: str = "single", graph=None):
     """CG on ``(AᴴA + lam I) u = Aᴴy + lam z0`` warm-started at ``z0`` (per sample; ``lam`` a float or ``(B,)``).
 
     At most ``cg_iters`` iterations; with ``cg_tol`` a sample stops once ``||r_k|| <= cg_tol ||r_0||``, the iterate
     with the smallest residual is returned and a sample whose residual grows past 10 times its best stops (on
     16-view CT the last steps start almost consistent, never reach the tolerance, and 400 float32 iterations broke
     CG down). ``precision="double"`` iterates in float64 / complex128 and returns ``x`` in ``z0``'s dtype.
+    ``graph``: a :class:`~invsolve.linalg.GraphedCG` replaying this same system (fixed iterations, scalar ``lam``).
     Returns the :class:`~invsolve.linalg.CGResult`."""
     from .base import bshape
 
@@ -171,7 +172,7 @@ def weighted_cg_solve(op, AHy, z0, lam, *, cg_iters: int, cg_tol: Optional[float
     if precision == "double" and dtype in (torch.float32, torch.complex64):
         wide = torch.complex128 if z0.is_complex() else torch.float64
         res = weighted_cg_solve(op, AHy.to(wide), z0.to(wide), lam, cg_iters=cg_iters, cg_tol=cg_tol,
-                                reference_complex_inner_product=reference_complex_inner_product)
+                                reference_complex_inner_product=reference_complex_inner_product, graph=graph)
         res.x = res.x.to(dtype)
         return res
     if isinstance(lam, torch.Tensor):  # per sample
@@ -183,6 +184,8 @@ def weighted_cg_solve(op, AHy, z0, lam, *, cg_iters: int, cg_tol: Optional[float
             return op.normal(v) + lam * v
     else:
         b, K = AHy, op.normal
+    if graph is not None and cg_tol is None:
+        return graph(K, b, z0)
     return cg(K, b, z0, max_iter=cg_iters, tol=cg_tol, tol_reference="initial", keep_best=cg_tol is not None,
               reference_complex_inner_product=reference_complex_inner_product)
 
@@ -195,12 +198,18 @@ class NoiseAwareCG:
 
     def __init__(self, op, y, prior, *, sigma_y, dc="auto", gamma="auto", cg_iters: int = 400,
                  cg_tol: Optional[float] = 1e-4, precision: str = "double", reproduce_reference_rhs: bool = False,
-                 reference_complex_inner_product: bool = False):
+                 reference_complex_inner_product: bool = False, graph: bool = False):
         self.op, self.y, self.prior, self.AHy = op, y, prior, op.adjoint(y)
         self.sigma_y, self.dc, self.gamma = sigma_y, dc, gamma
         self.cg = dict(cg_iters=cg_iters, cg_tol=cg_tol, precision=precision)
         self.reference_rhs, self.reference_ip = reproduce_reference_rhs, reference_complex_inner_product
         self.iterations, self.lams = [], []
+        # graph: a CUDA graph of the fixed-iteration solve, replayed while lam_t is the captured one
+        self.graph, self.graph_lam = (None, None)
+        if graph:
+            from ..linalg import GraphedCG
+
+            self.graph = GraphedCG(cg_iters, reference_complex_inner_product)
 
     def __call__(self, z0, t):
         lam = noise_aware_weight(self.prior, t, self.y, sigma_y=self.sigma_y, dc=self.dc, gamma=self.gamma)
@@ -209,9 +218,14 @@ class NoiseAwareCG:
                            gamma=1 / lam if lam else 1.0, cg_iters=self.cg["cg_iters"], reproduce_reference_rhs=True,
                            reference_complex_inner_product=self.reference_ip)
         else:
+            graph = None
+            if self.graph is not None and not isinstance(lam, torch.Tensor):
+                if self.graph_lam is None:
+                    self.graph_lam = lam
+                graph = self.graph if lam == self.graph_lam else None
             res = weighted_cg_solve(self.op, self.AHy, z0, lam, cg_iters=self.cg["cg_iters"],
                                     cg_tol=self.cg["cg_tol"], reference_complex_inner_product=self.reference_ip,
-                                    precision=self.cg["precision"])
+                                    precision=self.cg["precision"], graph=graph)
         self.iterations.append(res.iterations)
         self.lams.append(lam.tolist() if isinstance(lam, torch.Tensor) else lam)
         return res.x, res.residual_norm

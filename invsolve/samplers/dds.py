@@ -91,14 +91,15 @@ CG_TOL = 1e-4  # validation images (docs/samplers.md)
     clip=Float(0, low_open=True, optional=True, doc="clamp x0_hat to [-clip, clip] in prior space (None: off)"),
     init=Any_("name of a classical sampler to warm-start from (None: pure noise)"),
     init_knobs=Mapping("options of the init sampler"),
-    t_start=Float(0, 1, low_open=True, doc="warm start: fraction of the time grid that is run")),
+    t_start=Float(0, 1, low_open=True, doc="warm start: fraction of the time grid that is run"),
+    cg_graph=Bool("replay the fixed-iteration CG (cg_tol=None) as a captured CUDA graph (CUDA only; same result)")),
                   summary="Decomposed Diffusion Sampler: Tweedie + a few CG steps per step, no network gradients",
                   nfe=lambda k, prior: len(dds_grid(prior, k["steps"], k["init"], k["t_start"])))
 @torch.no_grad()
 def dds(prior, op, y, *, generators, steps=50, eta=0.85, sigma_y=None, dc="auto", gamma="auto", cg_iters=CG_ITERS,
         cg_tol=CG_TOL, cg_precision="double", renoise="reference",
         reproduce_reference_rhs=False, reference_complex_inner_product=False, reference_last_step=True,
-        clip=None, init=None, init_knobs=None, t_start=1.0, progress=False) -> SamplerOutput:
+        clip=None, init=None, init_knobs=None, t_start=1.0, cg_graph=False, progress=False) -> SamplerOutput:
     """DDS on a pixel-space VP prior.
 
     Args:
@@ -138,6 +139,10 @@ def dds(prior, op, y, *, generators, steps=50, eta=0.85, sigma_y=None, dc="auto"
             ``init_knobs``) whose reconstruction ``x_init`` is noised to the first grid time ``t0 <= t_start * T``,
             ``x_t0 = sqrt(abar_t0) x_init + sqrt(1 - abar_t0) n``; only the grid steps from ``t0`` down are run
             (about ``t_start * steps`` network calls). ``init=None`` (default) starts from pure noise at ``T``.
+        cg_graph: capture the data-consistency CG once as a CUDA graph and replay it at every step whose system is
+            the captured one (:class:`~invsolve.linalg.GraphedCG`; CUDA only, fixed iterations ``cg_tol=None``, same
+            result, saves kernel-launch time). The system is the same at every step when ``lam_t`` is constant:
+            noiseless data, ``dc="normal"`` or a numeric ``gamma``; other steps run the plain CG.
     Returns:
         operator-domain reconstruction; ``info``: ``cg_residual`` (final CG residual per step, ``(S, B)``) and for
         the built-in step ``cg_iterations`` (``(S, B)``), ``lam`` (``lam_t`` per step), ``sigma_y`` and
@@ -149,12 +154,18 @@ def dds(prior, op, y, *, generators, steps=50, eta=0.85, sigma_y=None, dc="auto"
     if init is None and (t_start != 1 or init_knobs):
         raise InvalidValueError("sampler 'dds': t_start < 1 and init_knobs need init= (the name of a classical "
                                 "sampler to start from)")
+    if cg_graph and (y.device.type != "cuda" or cg_tol is not None or callable(dc)):
+        why = (f"the data is on {y.device}" if y.device.type != "cuda" else
+               "it needs a fixed iteration count (cg_tol=None)" if cg_tol is not None else
+               "dc is a user-supplied step")
+        raise InvalidValueError(f"sampler 'dds': cg_graph=True replays a captured CUDA graph of the built-in CG, but "
+                                f"{why}; leave cg_graph=False")
     info = {}
     if not callable(dc):
         sigma_y, source = _sigma_for_dds(op, y, sigma_y, dc, gamma)
         dc = NoiseAwareCG(op, y, prior, sigma_y=sigma_y, dc=dc, gamma=gamma, cg_iters=cg_iters, cg_tol=cg_tol,
                           precision=cg_precision, reproduce_reference_rhs=reproduce_reference_rhs,
-                          reference_complex_inner_product=reference_complex_inner_product)
+                          reference_complex_inner_product=reference_complex_inner_product, graph=cg_graph)
         info.update(sigma_y=sigma_y, sigma_y_source=source)
     x = prior_noise(prior, generators, y.device)
     grid = dds_grid(prior, steps, init, t_start)  # with a warm start the grid's tail (never empty: it ends at 0)

@@ -11,9 +11,15 @@ Sources (``problem.source``):
 * ``image``: a ground-truth image file (``.npy``/``.npz``, real or complex, ``(H, W)`` or ``(B, H, W)``);
   k-space is simulated as for examples.
 * ``kspace``: measured multi-coil k-space ``(Nc, H, W)`` / ``(B, Nc, H, W)`` from ``.npy``/``.npz`` (key
-  ``kspace``) or a fastMRI-style ``.h5`` (dataset ``kspace``, slice ``slice``); the mask is the set of non-zero
-  columns/entries unless ``mask_file`` is given; coil maps from ``maps_file`` or ESPIRiT (sigpy, extra ``mri``).
-  ``kspace_crop`` centre-crops k-space (a lower-resolution image of the same field of view) to the prior size.
+  ``kspace``) or a fastMRI-format ``.h5`` (dataset ``kspace``; ``slice``: an index, a list of indices or ``None``
+  for the middle one, read one slice at a time). With an ISMRMRD header (fastMRI files) the readout oversampling is
+  removed (inverse FFT along the readout, centred crop to the header's recon matrix, FFT back). **Fully sampled**
+  k-space (every acquired line non-zero, no ``mask`` dataset; fastMRI training/validation files) is cropped to the
+  recon matrix on both axes (e.g. 320x320) and undersampled retrospectively with ``mask``/``acceleration``/...;
+  its coil-combined image is the ground truth. **Undersampled** k-space keeps its sampled lines (the file's
+  ``mask`` dataset, ``mask_file``, or the non-zero columns/entries) and, with a header, its phase-encoding matrix.
+  Coil maps from ``maps_file`` or ESPIRiT (sigpy, extra ``mri``) on the sampled centre. ``kspace_crop``
+  centre-crops k-space (a lower-resolution image of the same field of view) to the prior size.
 """
 from __future__ import annotations
 
@@ -43,7 +49,7 @@ KNOBS = dict(
     index=Ints(0, doc="which images of the built-in set (source=example)"),
     path=Str(optional=True, doc="input file (source=image: .npy/.npz image; source=kspace: .npy/.npz/.h5)"),
     key=Str(optional=True, doc="array name inside an .npz/.h5 file"),
-    slice=Int(0, optional=True, doc="slice of an .h5 k-space file (default: the middle one)"),
+    slice=Ints(0, optional=True, doc="slice(s) of an .h5 k-space file (default: the middle one)"),
     size=Int(8, doc="image size (pixels) of the built-in examples; the prior's size"),
     mask=Choice("uniform1d", "gaussian1d", "gaussian2d", "poisson", doc="undersampling mask type"),
     acceleration=Float(1, doc="undersampling factor (1 = fully sampled)"),
@@ -137,7 +143,8 @@ def build(source, example, index, path, key, slice, size, mask, acceleration, ce
     meta = {"mask_type": mask, "acceleration": acceleration, "center_fraction": center_fraction,
             "mask_seed": mask_seed, "noise_sigma": noise_sigma, "noise_seed": noise_seed}
     if source == "kspace":
-        return _from_kspace(path, key, slice, mask_file, maps_file, kspace_crop, espirit_calib, meta)
+        retro = dict(kind=mask, acceleration=acceleration, center_fraction=center_fraction, seed=mask_seed)
+        return _from_kspace(path, key, slice, mask_file, maps_file, kspace_crop, espirit_calib, meta, retro)
     x, names = _images_from_source(source, example, index, path, key, size)
     H, W = x.shape[-2:]
     m = _mask(mask, (H, W), acceleration, center_fraction, mask_seed, mask_file)
@@ -158,10 +165,70 @@ def _centre_crop(k: np.ndarray, crop: Sequence[int]) -> np.ndarray:
     return k[..., (H - h) // 2:(H - h) // 2 + h, (W - w) // 2:(W - w) // 2 + w]
 
 
-def _from_kspace(path, key, h5_slice, mask_file, maps_file, kspace_crop, espirit_calib, meta) -> Problem:
+def _read_fastmri(path, key, h5_slice, meta):
+    """fastMRI-format slices -> (k-space ``(B, Nc, H, W)`` complex64, fully sampled?, file mask or None)."""
+    from ..data import fastmri
+
+    idx = list(h5_slice) if isinstance(h5_slice, (list, tuple)) else [h5_slice]
+    ks, full, file_mask, info = [], [], None, {}
+    for i in idx:
+        s = fastmri.read_slice(path, i, key or "kspace")
+        if not np.iscomplexobj(s.kspace):
+            raise ShapeError(f"k-space in {path} must be complex, got dtype {s.kspace.dtype}")
+        k = torch.from_numpy(s.kspace).to(torch.complex64)
+        cols = slice(None)
+        if s.header is not None:
+            h = s.header
+            if tuple(k.shape[-2:]) != h.encoded[:2]:
+                raise ShapeError(f"k-space slice in {path} has shape {tuple(k.shape[-2:])} but its ismrmrd_header "
+                                 f"encodes a {h.encoded[0]}x{h.encoded[1]} matrix")
+            k = fastmri.crop_readout(k, h.recon[0])
+            cols = h.acquired_columns()
+            info = {"encoded_matrix": list(h.encoded[:2]), "recon_matrix": list(h.recon[:2]),
+                    "readout_oversampling": h.readout_oversampling, "acquired_columns": [cols.start, cols.stop]}
+        sampled = k.abs().sum(dim=(0, 1)) > 0  # (W,) columns holding data
+        full.append(s.mask is None and bool(sampled[cols].all()) and bool((k.abs().sum(dim=0) > 0)[:, cols].all()))
+        if full[-1] and s.header is not None:
+            k = fastmri.crop_to_recon(k, s.header.recon[:2])
+        file_mask = s.mask if s.mask is not None else file_mask
+        ks.append(k)
+        meta.setdefault("slices", []).append(s.index)
+    if len(set(full)) > 1:
+        raise InputFileError(f"{path}: slices {idx} mix fully sampled and undersampled k-space")
+    meta.update(info)
+    return torch.stack(ks), full[0], file_mask
+
+
+def _acs_width(m: torch.Tensor) -> int:
+    """Width of the fully sampled block of columns around the k-space centre of a mask ``(H, W)``."""
+    cols = (m > 0).all(dim=0).tolist()
+    c = len(cols) // 2
+    lo, hi = c, c
+    while lo > 0 and cols[lo - 1]:
+        lo -= 1
+    while hi < len(cols) and cols[hi]:
+        hi += 1
+    return hi - lo
+
+
+def _from_kspace(path, key, h5_slice, mask_file, maps_file, kspace_crop, espirit_calib, meta,
+                 retro=None) -> Problem:
     if path is None:
         raise InputFileError("problem.path is required when problem.source='kspace'")
-    k = load_array(path, key or ("kspace" if str(path).endswith((".h5", ".hdf5")) else None), h5_slice)
+    if str(path).lower().endswith((".h5", ".hdf5")):
+        ks, full, file_mask = _read_fastmri(path, key, h5_slice, meta)
+        if kspace_crop:
+            ks = torch.from_numpy(_centre_crop(ks.numpy(), kspace_crop).copy())
+        if full and not mask_file and retro is not None:
+            return _retrospective(path, ks, maps_file, espirit_calib, meta, retro)
+        if file_mask is not None and not mask_file:
+            m = torch.from_numpy(np.asarray(file_mask, dtype=np.float32))
+            m = m[None, :].expand(ks.shape[-2], -1) if m.dim() == 1 else m
+            if tuple(m.shape) != tuple(ks.shape[-2:]):
+                m = torch.from_numpy(_centre_crop(m.numpy(), ks.shape[-2:]).copy())
+            return _measured(path, ks * m, m.contiguous(), maps_file, espirit_calib, meta)
+        return _measured(path, ks, _data_mask(ks, mask_file, kspace_crop), maps_file, espirit_calib, meta)
+    k = load_array(path, key, h5_slice)
     if not np.iscomplexobj(k):
         raise ShapeError(f"k-space in {path} must be complex, got dtype {k.dtype}")
     if k.ndim == 3:
@@ -171,22 +238,62 @@ def _from_kspace(path, key, h5_slice, mask_file, maps_file, kspace_crop, espirit
     if kspace_crop:
         k = _centre_crop(k, kspace_crop)
     ks = torch.from_numpy(np.ascontiguousarray(k)).to(torch.complex64)
-    if mask_file:
-        m = torch.from_numpy(np.asarray(load_array(mask_file, None), dtype=np.float32))
-        if kspace_crop:
-            m = torch.from_numpy(_centre_crop(m.numpy(), kspace_crop).copy())
-    else:
-        m = (ks.abs().sum(dim=(0, 1)) > 0).to(torch.float32)
+    return _measured(path, ks, _data_mask(ks, mask_file, kspace_crop), maps_file, espirit_calib, meta)
+
+
+def _retrospective(path, ks, maps_file, espirit_calib, meta, retro) -> Problem:
+    """Fully sampled k-space ``(B, Nc, H, W)``: undersample with the configured mask; truth = coil-combined image."""
+    H, W = ks.shape[-2:]
+    m = _mask(retro["kind"], (H, W), retro["acceleration"], retro["center_fraction"], retro["seed"], None)
+    y = ks * m
     if maps_file:
-        maps = torch.from_numpy(np.asarray(load_array(maps_file, None))).to(torch.complex64)
-        if kspace_crop and maps.shape[-2:] != ks.shape[-2:]:
-            raise ShapeError("coil maps do not match the cropped k-space; give maps at the cropped size")
-        meta["coil_maps"] = str(maps_file)
+        maps = _maps_from_file(maps_file, ks, meta)
     else:
-        maps = torch.stack([coil_lib.espirit(ks[b], calib_width=espirit_calib) for b in range(ks.shape[0])])
-        meta["coil_maps"] = f"ESPIRiT (sigpy), calib {espirit_calib}"
+        acs = _acs_width(m)
+        if retro["kind"] in ("uniform1d", "gaussian1d") and acs < espirit_calib:
+            raise InvalidValueError(
+                f"problem.espirit_calib={espirit_calib} needs a fully sampled centre at least that wide, but the "
+                f"{retro['kind']} mask (center_fraction={retro['center_fraction']}) samples {acs} central lines; "
+                f"lower problem.espirit_calib or raise problem.center_fraction")
+        maps = _espirit(y, espirit_calib, meta)
+    op = MultiCoilMRI(maps if maps.dim() == 4 else maps[None], m)
+    x_true = op.sense_combine(ks)
+    meta.update({"source_file": str(path), "sampled_fraction": float(m.mean()), "retrospective": True,
+                 "kspace_shape": list(ks.shape[1:])})
+    names = [f"{Path(path).stem}[{i}]" for i in meta.get("slices", range(ks.shape[0]))]
+    return Problem(op, y, x_true, names, meta=meta, default_baselines=["adjoint", "cg"],
+                   sigma_y=meta.get("noise_sigma") or None)  # measured: 0 = unknown
+
+
+def _maps_from_file(maps_file, ks, meta):
+    maps = torch.from_numpy(np.asarray(load_array(maps_file, None))).to(torch.complex64)
+    if tuple(maps.shape[-2:]) != tuple(ks.shape[-2:]):
+        raise ShapeError(f"coil maps in {maps_file} have spatial shape {tuple(maps.shape[-2:])} but the k-space is "
+                         f"{tuple(ks.shape[-2:])} (after cropping); give maps at that size")
+    meta["coil_maps"] = str(maps_file)
+    return maps
+
+
+def _espirit(ks, espirit_calib, meta):
+    maps = torch.stack([coil_lib.espirit(ks[b], calib_width=espirit_calib) for b in range(ks.shape[0])])
+    meta["coil_maps"] = f"ESPIRiT (sigpy), calib {espirit_calib}"
+    return maps
+
+
+def _measured(path, ks, m, maps_file, espirit_calib, meta) -> Problem:
+    """Measured (undersampled) k-space ``(B, Nc, H, W)`` and its mask ``(H, W)``; no ground truth."""
+    maps = _maps_from_file(maps_file, ks, meta) if maps_file else _espirit(ks, espirit_calib, meta)
     op = MultiCoilMRI(maps if maps.dim() == 4 else maps[None], m)
     meta.update({"source_file": str(path), "sampled_fraction": float(m.mean())})
     y = ks * op.mask
-    return Problem(op, y, None, [f"{Path(path).stem}[{b}]" for b in range(ks.shape[0])], meta=meta,
-                   default_baselines=["adjoint", "cg"], sigma_y=meta["noise_sigma"] or None)  # measured: 0 = unknown
+    names = [f"{Path(path).stem}[{i}]" for i in meta.get("slices", range(ks.shape[0]))]
+    return Problem(op, y, None, names, meta=meta, default_baselines=["adjoint", "cg"],
+                   sigma_y=meta.get("noise_sigma") or None)  # measured: 0 = unknown
+
+
+def _data_mask(ks, mask_file, kspace_crop) -> torch.Tensor:
+    """The mask of measured k-space: ``mask_file`` (centre-cropped like the k-space), else its non-zero entries."""
+    if mask_file:
+        m = np.asarray(load_array(mask_file, None), dtype=np.float32)
+        return torch.from_numpy(_centre_crop(m, kspace_crop).copy() if kspace_crop else m)
+    return (ks.abs().sum(dim=(0, 1)) > 0).to(torch.float32)
