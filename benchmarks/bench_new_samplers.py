@@ -60,7 +60,7 @@ def _label(prefix, kn):
 
 def tune_methods(task):
     """label -> (sampler, knobs): DAPS at the CPU preset, RED-diff at 100 steps (the released example script)."""
-    out = {_label("daps_cheap", kn): ("daps", dict(preset="cheap", **kn)) for kn in DAPS_GRID[task]}
+    out = {_label("daps_cheap", kn): ("daps", dict(budget="cheap", **kn)) for kn in DAPS_GRID[task]}
     lrs = {"deblur": (0.1, 0.3), "sr": (0.1, 0.3), "inpaint": (0.01, 0.03, 0.1, 0.3, 1.0)}.get(task,
                                                                                            (0.01, 0.03, 0.1, 0.3))
     out.update({_label("reddiff_100", dict(lr=lr)): ("reddiff", dict(steps=100, lr=lr)) for lr in lrs})
@@ -71,7 +71,7 @@ def pr_methods(nfe: int):
     dps = {f"dps_{nfe}_scale{s:g}": ("dps", dict(steps=nfe, scale=s)) for s in (0.3, 1.0, 3.0, 10.0)}
     # DAPS at nfe network calls: nfe / 2 levels x 2 ODE steps, 50 Langevin steps per level (no network calls); from
     # sigma_max = 100 (the paper's) every validation sample converged to the negated image (9 dB), so sigma_max = 10
-    base = dict(preset="cheap", steps=nfe // 2, ode_steps=2, langevin_steps=50)
+    base = dict(budget="cheap", steps=nfe // 2, ode_steps=2, langevin_steps=50)
     daps = {f"daps_{nfe}_lr{lr:g}": ("daps", dict(base, lr=lr)) for lr in (3e-5, 1e-4, 3e-4)}
     daps10 = {f"daps_{nfe}_lr{lr:g}_sigma_max10": ("daps", dict(base, lr=lr, sigma_max=10.0))
               for lr in (3e-5, 1e-4, 3e-4)}

@@ -119,8 +119,9 @@ def solve(y, operator: Operator, prior: Union[str, Prior, None] = None, sampler:
             or one per item. It reaches every sampler with a ``sigma_y`` option (DDS, DDNM+, ΠGDM, DiffPIR, DPS,
             STSL, EnKG), divided by the data scale when ``y`` is rescaled for the prior. ``None``: estimated from
             ``y`` where a standard estimator exists for the operator's family (:mod:`invsolve.noise_level`),
-            otherwise each sampler keeps its default (a warning says which). ``Result.config["sigma_y"]`` records
-            the value used and where it came from.
+            otherwise each sampler keeps its default (a warning says which); a ``sigma_y`` sampler option in
+            ``**knobs`` (the sampler's units) is used as given. ``Result.config["sigma_y"]`` records the value used and
+            where it came from.
         preset: tuned settings of an embedded prior (:mod:`invsolve.presets`): ``None`` (default) applies the
             preset for this prior, operator family, sampler and noise level if there is one; ``False`` turns
             presets off; a preset id selects one. Registered defaults < preset < ``**knobs``.
@@ -187,6 +188,9 @@ def solve(y, operator: Operator, prior: Union[str, Prior, None] = None, sampler:
     if sig_arg is not None:  # y's units -> the sampler's (per sample row)
         rows = sig_arg.repeat_interleave(num_samples)
         level = noise_level.NoiseLevel(rows if scale is None else rows / scale.double().cpu(), "argument")
+    elif uses_sigma and knobs.get("sigma_y") is not None:  # the sampler's own option (its units) counts as given
+        level = noise_level.NoiseLevel(torch.full((B * num_samples,), float(kn["sigma_y"]), dtype=torch.float64),
+                                       "sampler option")
     elif uses_sigma or presets.needs_noise(prior_name, family, spec.name):
         level = noise_level.resolve(op, y_dev, None, sampler=spec.name if uses_sigma else None,
                                     sampler_default=spec.defaults.get("sigma_y"))

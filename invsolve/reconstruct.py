@@ -77,9 +77,12 @@ def _sampler_knobs(all_options: Dict[str, Any], name: str, steps=None) -> Dict[s
     """Resolved options of method ``name`` from ``solver.options.<name>`` (errors name the config key)."""
     from .samplers import get_sampler
     from .samplers.base import resolve_knobs
+    from .samplers.knobs import Float
 
     spec = get_sampler(name)
     knobs = _sampler_options(all_options, name)
+    if "sigma_y" in knobs and "sigma_y" not in spec.defaults:  # the noise level of y: solve()'s, for any method
+        Float(0, doc="noise std of y").check(knobs.pop("sigma_y"), f"solver.options.{name}.sigma_y")
     if steps is not None and "steps" in spec.defaults:
         knobs["steps"] = checks.check_count(steps, "solver.steps")
     try:

@@ -69,7 +69,7 @@ def test_ct_problem_geometry_and_meta():
 
 
 def test_ct_sources_image_dicom_and_measured_sinogram(tmp_path):
-    from invsolve.data.ct import HELDOUT_CT_FILES, _pydicom_test_dir
+    from invsolve.data.ct import HELDOUT_CT_FILES, pydicom_test_dir
 
     ex = build_problem({"task": "ct", "index": [0]})
     np.save(tmp_path / "img.npy", ex.x_true[0, 0].numpy())
@@ -78,7 +78,7 @@ def test_ct_sources_image_dicom_and_measured_sinogram(tmp_path):
     np.save(tmp_path / "hu.npy", ex.x_true[0, 0].numpy() * 2000 - 1000)
     hu = build_problem({"task": "ct", "source": "image", "path": str(tmp_path / "hu.npy"), "image_units": "hu"})
     assert torch.allclose(hu.x_true, ex.x_true, atol=1e-5)
-    dcm = build_problem({"task": "ct", "source": "dicom", "path": str(_pydicom_test_dir() / HELDOUT_CT_FILES[0])})
+    dcm = build_problem({"task": "ct", "source": "dicom", "path": str(pydicom_test_dir() / HELDOUT_CT_FILES[0])})
     assert torch.allclose(dcm.x_true, ex.x_true, atol=1e-5)  # same windowing and body crop as the example
     # a measured sinogram with given angles: no ground truth, the operator matches the data
     ang = sparse_view_angles(10)

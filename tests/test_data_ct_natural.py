@@ -71,7 +71,7 @@ def test_heldout_ct_slices():
 
 
 def test_load_dicom_file_and_errors(tmp_path):
-    path = ct._pydicom_test_dir() / "CT_small.dcm"
+    path = ct.pydicom_test_dir() / "CT_small.dcm"
     hu = ct.load_dicom(path)
     assert hu.shape == (1, 1, 128, 128)
     assert -1100 < hu.min() < -500 and 500 < hu.max() < 3000  # Hounsfield units (intercept -1024 applied)
@@ -87,7 +87,7 @@ def test_load_dicom_file_and_errors(tmp_path):
 def test_load_dicom_series_sorted(tmp_path):
     import pydicom
 
-    src = ct._pydicom_test_dir() / "CT_small.dcm"
+    src = ct.pydicom_test_dir() / "CT_small.dcm"
     for i, z in enumerate([30.0, 10.0, 20.0]):
         ds = pydicom.dcmread(src)
         ds.ImagePositionPatient = [0.0, 0.0, z]

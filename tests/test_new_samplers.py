@@ -14,7 +14,7 @@ from invsolve.operators.phase_retrieval import PhaseRetrieval
 from invsolve.priors import DiffusersPrior
 from invsolve.priors.gaussian import GaussianPrior, linear_gaussian_posterior
 from invsolve.samplers import get_sampler
-from invsolve.samplers.daps import PRESETS, langevin_x0, ode_x0
+from invsolve.samplers.daps import BUDGETS, langevin_x0, ode_x0
 from invsolve.samplers.reddiff import weight
 
 SCHED = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear",
@@ -45,7 +45,7 @@ def test_registered_with_declared_knobs(name):
 
 
 @pytest.mark.parametrize("name,kw,match", [
-    ("daps", dict(preset="2k"), "preset='2k'"), ("daps", dict(lr=-1e-4), "lr=-0.0001"),
+    ("daps", dict(budget="2k"), "budget='2k'"), ("daps", dict(lr=-1e-4), "lr=-0.0001"),
     ("daps", dict(lr_min_ratio=1.5), "lr_min_ratio=1.5"), ("daps", dict(beta_y=0.0), "beta_y=0.0"),
     ("daps", dict(ode_steps=0), "ode_steps=0"), ("daps", dict(ode_solver="rk4"), "ode_solver='rk4'"),
     ("reddiff", dict(lam=-0.25), "lam=-0.25"), ("reddiff", dict(beta2=1.0), "beta2=1.0"),
@@ -77,7 +77,7 @@ def test_network_calls_follow_the_schedule(tiny):
     assert inv.solve(y, op, prior=prior, sampler="daps", seed=0, **kw).nfe == 4 * 2
     assert inv.solve(y, op, prior=prior, sampler="daps", seed=0, ode_solver="heun", **kw).nfe == 4 * (2 * 2 - 1)
     assert inv.solve(y, op, prior=prior, sampler="reddiff", seed=0, **FAST["reddiff"]).nfe == 4
-    assert PRESETS["1k"][0] * PRESETS["1k"][1] == 1000 and PRESETS["4k"][0] * PRESETS["4k"][1] == 4000
+    assert BUDGETS["1k"][0] * BUDGETS["1k"][1] == 1000 and BUDGETS["4k"][0] * BUDGETS["4k"][1] == 4000
 
 
 def test_nonlinear_operators(tiny):
@@ -210,7 +210,7 @@ def test_improves_on_its_initial_estimate_on_heldout_images(heldout_problems, sa
     x, op, prior, rng = heldout_problems[task]
     y = op(x)
     if sampler == "daps":
-        kw = dict(steps=20, ode_steps=1, langevin_steps=20, sigma_max=10.0, **QUALITY[sampler, task])
+        kw = {**dict(steps=20, ode_steps=1, langevin_steps=20, sigma_max=10.0), **QUALITY[sampler, task]}
         base = max(np.mean(psnr(inv.solve(y, op, sampler=s).x, x, rng)) for s in ("pinv", "adjoint"))
     else:
         kw = dict(steps=100, **QUALITY[sampler, task])

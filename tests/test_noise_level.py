@@ -14,7 +14,9 @@ from invsolve.operators.ct import ParallelBeamCT, sparse_view_angles
 from invsolve.operators.inpainting import random_mask
 from invsolve.operators.noise import GaussianNoise
 from invsolve.priors.gaussian import GaussianPrior
-from invsolve.samplers.dds import choose_data_consistency, data_consistency, solve_data_consistency
+from invsolve.samplers.consistency import cg_solve as data_consistency
+from invsolve.samplers.consistency import noise_aware_weight as choose_data_consistency
+from invsolve.samplers.consistency import weighted_cg_solve as solve_data_consistency
 from invsolve.samplers.wiener import noise_sigma_mad
 
 

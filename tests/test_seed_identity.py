@@ -30,9 +30,11 @@ def test_cli_image_alone_or_with_others_gives_the_same_reconstruction(config, im
         recs.append(np.load(out / "reconstruction.npy")[sel.index(image)])
         run = json.loads((out / "run.json").read_text())
         assert set(run["seeds"]["per_image"].values()) == {0}
-    scale = np.abs(recs[0]).max()
+    # equal to float tolerance: the network rounds a batch of 2 differently from a batch of 1 (7e-7 measured) and
+    # DDS's data consistency (normal equations solved to 1e-4 by up to 400 CG iterations) amplifies that to ~1e-3
+    # relative; the position-seeded CLI this replaces was 36 % apart
     for r in recs[1:]:
-        np.testing.assert_allclose(r, recs[0], rtol=0, atol=2e-5 * scale)
+        assert np.linalg.norm(r - recs[0]) <= 3e-3 * np.linalg.norm(recs[0])
 
 
 @pytest.mark.parametrize("opts,image,other", [

@@ -202,7 +202,7 @@ def _pydicom():
     return pydicom
 
 
-def _read_hu(path) -> Tuple[torch.Tensor, object]:
+def read_hu(path) -> Tuple[torch.Tensor, object]:
     """One DICOM file -> (HU image (H, W) float32, dataset)."""
     pydicom = _pydicom()
     try:
@@ -238,11 +238,11 @@ def load_dicom(path) -> torch.Tensor:
     if not p.exists():
         raise InputFileError(f"load_dicom: path {str(p)!r} does not exist (expected a DICOM file or directory)")
     if p.is_file():
-        return _read_hu(p)[0][None, None]
+        return read_hu(p)[0][None, None]
     slices = []
     for f in sorted(q for q in p.iterdir() if q.is_file()):
         try:
-            slices.append(_read_hu(f))
+            slices.append(read_hu(f))
         except InputFileError:
             continue  # not a DICOM image (DICOMDIR, notes, ...)
     if not slices:
@@ -293,7 +293,7 @@ def crop_to_body(img: torch.Tensor, size: int, threshold: float = 0.25, margin: 
     return F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0, 0]
 
 
-def _pydicom_test_dir() -> Path:
+def pydicom_test_dir() -> Path:
     pydicom = _pydicom()
     return Path(os.path.dirname(pydicom.__file__)) / "data" / "test_files"
 
@@ -312,14 +312,14 @@ def heldout_ct_slices(size: int = 64) -> Tuple[torch.Tensor, List[str]]:
     Raises:
         InputFileError: not one slice could be read.
     """
-    root = _pydicom_test_dir()
+    root = pydicom_test_dir()
     images, names = [], []
     for name in HELDOUT_CT_FILES:
         path = root / name
         if not path.is_file():
             continue
         try:
-            hu, _ = _read_hu(path)
+            hu, _ = read_hu(path)
         except InputFileError:
             continue
         images.append(crop_to_body(window(hu), size))

@@ -236,12 +236,12 @@ def pydicom_mr_slices(size: int = 64, seed: int = 6543) -> Tuple[torch.Tensor, L
     (64x64 head crop) and ``examples_overlay.dcm`` (300x484 abdomen), out of distribution for ``mri-brain``.
     Each is zero-padded to a square, resized, given a smooth random phase (seed ``seed + i``) and normalised;
     complex ``(2, 1, size, size)`` + names."""
-    from .ct import _pydicom_test_dir, _read_hu
+    from .ct import pydicom_test_dir, read_hu
 
-    root = _pydicom_test_dir()
+    root = pydicom_test_dir()
     imgs, names = [], []
     for i, name in enumerate(PYDICOM_MR_FILES):
-        arr, _ = _read_hu(root / name)
+        arr, _ = read_hu(root / name)
         imgs.append(_complex_slice(arr.numpy(), size, seed + i))
         names.append(f"pydicom-{name.removesuffix('.dcm')}")
     return torch.cat(imgs), names

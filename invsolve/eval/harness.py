@@ -716,14 +716,17 @@ def run_item(plan: Plan, item: Item, shard: Tuple[int, int]) -> Dict[str, Any]:
         op, y, x_true = _select(problem, item.image, bool(task.get("whole")))
         prior_name = pair["prior"]
         rec["prior_revision"] = None if prior_name is None else prior_revision(prior_name)
-        kn = dict(method["knobs"])  # registered defaults < preset < the method's options (or its tuned point)
+        m = plan.methods[item.method]
+        # the method's options (or its tuned point); solve() adds the pair's preset and the registered defaults
+        kn = dict(m["explicit"].get(item.task, m["explicit_all"]))
         rec["preset"] = pair.get("preset")
         steps = kn.pop("steps", None)
         sigma_y = kn.pop("sigma_y", None)  # a method's sigma_y option wins over the task's noise level
         sigma_y = problem.sigma_y if sigma_y is None else sigma_y
         res = solve(y, op, prior=None if prior_name is None else plan.priors[prior_name],
                     sampler=method["sampler"], steps=steps, seed=item.seed, num_samples=method["num_samples"],
-                    device=plan.device, data_scale=method["data_scale"], sigma_y=sigma_y, preset=False, **kn)
+                    device=plan.device, data_scale=method["data_scale"], sigma_y=sigma_y,
+                    preset=pair.get("preset") or False, **kn)
         x = res.x.detach().cpu()
         if not bool(torch.isfinite(torch.view_as_real(x) if x.is_complex() else x).all()):
             raise FloatingPointError("the reconstruction has NaN/Inf values (the sampler diverged)")

@@ -41,7 +41,7 @@ from torch import nn
 from ..errors import InputFileError, InvsolveError, UnknownNameError
 from .base import Prior
 from .checkpoint import as_dtype, load_state_dict_checked, read_state_dict
-from .registry import register_loader
+from .registry import ARCH_PRESETS, register_loader
 
 Tensor = torch.Tensor
 
@@ -398,6 +398,9 @@ def load_adm_prior(source: str, *, arch: Union[str, ADMConfig, dict, None] = Non
         card=card if card is not None else info,
     )
     return prior.to(device) if device is not None else prior
+
+
+ARCH_PRESETS.update(dict.fromkeys(PRESETS, load_adm_prior))  # load_prior("adm-...", random_init=True)
 
 
 def _random_adm(source, arch, arch_overrides, device, dtype, name, is_complex, data_range, max_batch, card,

@@ -29,7 +29,7 @@ from typing import Sequence
 import torch
 
 from ..errors import InvsolveError
-from .ve import DenoiserPrior, _network_output
+from .ve import DenoiserPrior, network_output
 
 Tensor = torch.Tensor
 
@@ -69,7 +69,7 @@ class FlowPrior(DenoiserPrior):
     # -- the network in flow coordinates ---------------------------------------------------------
     def _velocity_net(self, x_t: Tensor, t: Tensor) -> Tensor:
         """Raw ``v_theta(x_t, t)`` for flow times ``t`` ``(B,)`` in ``[0, 1]`` (no NFE count)."""
-        return _network_output(self.net, x_t, t.to(torch.float64) * self.flow_timesteps)[:, :self.channels]
+        return network_output(self.net, x_t, t.to(torch.float64) * self.flow_timesteps)[:, :self.channels]
 
     def velocity(self, x_t: Tensor, t) -> Tensor:
         """``v_theta(x_t, t)`` in flow coordinates (``t`` a float or ``(B,)`` in ``[0, 1]``); one network call."""

@@ -22,6 +22,8 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 # Loaders by the "kind" field of invsolve_prior.json (the package imports the modules that register the others:
 # latent, ADM).
 LOADERS: Dict[str, Callable[..., Prior]] = {"diffusers": load_diffusers_prior}
+# Architecture presets that build a network with random weights by name (the ADM module registers its own)
+ARCH_PRESETS: Dict[str, Callable[..., Prior]] = {}
 
 
 def register_loader(kind: str):
@@ -80,10 +82,8 @@ def load_prior(name_or_path: Union[str, Path, Prior], *, device: Optional[Union[
     dtype = as_dtype(dtype)
     src = str(name_or_path)
     emb = _embedded()
-    if src not in emb and _is_adm_preset(src):  # an architecture preset: random weights on request only
-        from .adm import load_adm_prior
-
-        return load_adm_prior(src, device=device, dtype=dtype, **overrides)
+    if src not in emb and src in ARCH_PRESETS:  # an architecture preset: random weights on request only
+        return ARCH_PRESETS[src](src, device=device, dtype=dtype, **overrides)
     if src in emb:
         path = emb[src]
     else:
@@ -109,9 +109,3 @@ def load_prior(name_or_path: Union[str, Path, Prior], *, device: Optional[Union[
         detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise InputFileError(f"prior {src!r}: cannot load its weights from {src_arg!r} ({type(e).__name__}: "
                              f"{detail}); re-export or re-download the prior") from e
-
-
-def _is_adm_preset(name: str) -> bool:
-    from .adm import PRESETS
-
-    return name in PRESETS

@@ -39,7 +39,7 @@ def geometric_sigmas(sigma_min: float, sigma_max: float, n: int) -> Tensor:
     return torch.exp(torch.linspace(math.log(sigma_min), math.log(sigma_max), n, dtype=torch.float64))
 
 
-def _network_output(net, x: Tensor, c_noise: Tensor) -> Tensor:
+def network_output(net, x: Tensor, c_noise: Tensor) -> Tensor:
     """``net(x, c_noise)`` in the network's dtype; diffusers outputs (``.sample``) are unwrapped."""
     p = next(net.parameters(), None)
     dtype = p.dtype if p is not None else x.dtype
@@ -146,7 +146,7 @@ class VEPrior(DenoiserPrior):
         self.output = output
 
     def _denoise_net(self, x, sigma):
-        out = _network_output(self.net, x, sigma)[:, :self.channels]
+        out = network_output(self.net, x, sigma)[:, :self.channels]
         s = sigma.to(x.dtype).reshape(-1, 1, 1, 1)
         if self.output == "score":
             return x + s**2 * out
@@ -246,5 +246,5 @@ class EDMPrior(DenoiserPrior):
         def b(c):
             return c.to(x.dtype).reshape(-1, 1, 1, 1)
 
-        F_x = _network_output(self.net, b(c_in) * x, c_noise)[:, :self.channels]
+        F_x = network_output(self.net, b(c_in) * x, c_noise)[:, :self.channels]
         return b(c_skip) * x + b(c_out) * F_x

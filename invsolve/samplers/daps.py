@@ -37,7 +37,7 @@ from .knobs import Choice, Float, Int
 # (annealing levels N, ODE steps per level, Langevin steps per level): DAPS-1K (linear tasks) and DAPS-4K (nonlinear
 # tasks) as in the paper's experiments (1000 / 4000 network calls; the released scripts run DAPS-1K as 200 x 5), and a
 # 100-call setting for CPUs.
-PRESETS = {"1k": (250, 4, 100), "4k": (400, 10, 100), "cheap": (50, 2, 20)}
+BUDGETS = {"1k": (250, 4, 100), "4k": (400, 10, 100), "cheap": (50, 2, 20)}
 
 
 def edm_sigmas(sigma_max: float, sigma_min: float, n: int, rho: float = 7.0) -> List[float]:
@@ -93,18 +93,18 @@ def _nonfinite(x: torch.Tensor) -> List[int]:
     return (~torch.isfinite(x.flatten(1)).all(dim=1)).nonzero().flatten().tolist()
 
 
-def resolve_preset(preset: str, steps, ode_steps, langevin_steps):
-    """``(N, ode_steps, langevin_steps)``: the preset's values where the knob is ``None``."""
-    n, k, m = PRESETS[preset]
+def resolve_budget(budget: str, steps, ode_steps, langevin_steps):
+    """``(N, ode_steps, langevin_steps)``: the budget's values where the knob is ``None``."""
+    n, k, m = BUDGETS[budget]
     return (n if steps is None else steps, k if ode_steps is None else ode_steps,
             m if langevin_steps is None else langevin_steps)
 
 
 @register_sampler("daps", knobs=dict(
-    preset=Choice("1k", "4k", "cheap", doc="DAPS-1K (250 x 4 ODE steps), DAPS-4K (400 x 10) or cheap (50 x 2)"),
-    steps=Int(1, 10000, optional=True, doc="annealing levels N (None: from the preset)"),
-    ode_steps=Int(1, 1000, optional=True, doc="PF-ODE steps per level for x0_hat (None: from the preset)"),
-    langevin_steps=Int(0, 100000, optional=True, doc="Langevin steps on x0 per level (None: from the preset)"),
+    budget=Choice("1k", "4k", "cheap", doc="DAPS-1K (250 x 4 ODE steps), DAPS-4K (400 x 10) or cheap (50 x 2)"),
+    steps=Int(1, 10000, optional=True, doc="annealing levels N (None: from the budget)"),
+    ode_steps=Int(1, 1000, optional=True, doc="PF-ODE steps per level for x0_hat (None: from the budget)"),
+    langevin_steps=Int(0, 100000, optional=True, doc="Langevin steps on x0 per level (None: from the budget)"),
     lr=Float(0, low_open=True, doc="Langevin step size eta at the first level (prior-space units)"),
     lr_min_ratio=Float(0, 1, doc="eta at the last level, as a fraction of lr (linear decay)"),
     beta_y=Float(0, low_open=True, doc="likelihood std of the Langevin target, in the units of y"),
@@ -116,13 +116,13 @@ def resolve_preset(preset: str, steps, ode_steps, langevin_steps):
                   requires="differentiable",
                   summary="Decoupled Annealing Posterior Sampling: PF-ODE x0 estimate, Langevin on x0 under the "
                           "likelihood, re-noise; no network gradients")
-def daps(prior, op, y, *, generators, preset="1k", steps=None, ode_steps=None, langevin_steps=None, lr=1e-4,
+def daps(prior, op, y, *, generators, budget="1k", steps=None, ode_steps=None, langevin_steps=None, lr=1e-4,
          lr_min_ratio=0.01, beta_y=0.01, sigma_max=100.0, sigma_min=0.1, ode_sigma_min=0.01, rho=7.0,
          ode_solver="euler", progress=False) -> SamplerOutput:
     """DAPS on any pixel-space prior (VE view) and any differentiable operator, linear or not.
 
     Args:
-        preset: ``"1k"`` (default; DAPS-1K, the paper's setting for linear tasks: 250 annealing levels x 4 ODE steps
+        budget: ``"1k"`` (default; DAPS-1K, the paper's setting for linear tasks: 250 annealing levels x 4 ODE steps
             = 1000 network calls, 100 Langevin steps per level), ``"4k"`` (DAPS-4K, the paper's setting for
             nonlinear tasks: 400 x 10 = 4000 calls, 100 Langevin steps) or ``"cheap"`` (50 x 2 = 100 calls,
             20 Langevin steps: sized for CPUs). ``steps`` / ``ode_steps`` / ``langevin_steps`` override single values.
@@ -149,7 +149,7 @@ def daps(prior, op, y, *, generators, preset="1k", steps=None, ode_steps=None, l
     Raises:
         InvsolveError: a Langevin step made an item non-finite (names the items, the level and ``lr``).
     """
-    n_levels, n_ode, n_lgv = resolve_preset(preset, steps, ode_steps, langevin_steps)
+    n_levels, n_ode, n_lgv = resolve_budget(budget, steps, ode_steps, langevin_steps)
     s_max = min(float(sigma_max), prior.sigma_max)
     s_min = max(min(float(sigma_min), s_max), prior.sigma_min)
     s_ode = max(float(ode_sigma_min), prior.sigma_min)

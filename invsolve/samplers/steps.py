@@ -218,14 +218,32 @@ def real_inner(u: Tensor, z: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------------------- latent guidance (PSLD, STSL)
+def check_decoder_fits(prior, op, y: Tensor) -> Optional[Tensor]:
+    """``Aᵀy`` (``None`` for a nonlinear operator) after checking that the prior's decoded images have the
+    operator's input shape (known from ``Aᵀy`` when the operator is not sized). Raises :class:`ShapeError` naming
+    both shapes (e.g. a latent prior decoding 16x16 images used with an operator on 32x32 images)."""
+    from ..errors import ShapeError
+
+    x = op.adjoint(y) if getattr(op, "is_linear", False) else None
+    want = tuple(x.shape[1:]) if x is not None else tuple(op.input_shape or ())
+    have = tuple(prior.operator_shape)
+    if want and want != have:
+        what = "decoder output" if getattr(prior, "is_latent", False) else "images"
+        raise ShapeError(f"prior {prior.name!r} {what} have shape {have} but the operator acts on images of shape "
+                         f"{want}; use a prior trained at that size or resize the problem")
+    return x
+
+
 def initial_latent(prior, op, y, generators, t: int, init: str, pinv_iters: int = 30) -> Tensor:
     """``sqrt(abar_t) E(x_init) + sqrt(1 - abar_t) n`` with ``x_init`` = ``Aᵀy`` (``init="adjoint"``), ``A⁺y``
     (``"pinv"``), or pure noise (``"noise"``: ``n``); ``x_init`` is clamped to the prior's data range (its magnitude,
-    for complex images) before encoding."""
+    for complex images) before encoding. First checks that the prior's decoded images fit the operator
+    (:func:`check_decoder_fits`)."""
+    aty = check_decoder_fits(prior, op, y)
     n = prior_noise(prior, generators, y.device)
     if init == "noise":
         return n
-    x = op.adjoint(y) if init == "adjoint" else op.pinv(y, iterations=pinv_iters, reg=0.0)
+    x = aty if init == "adjoint" else op.pinv(y, iterations=pinv_iters, reg=0.0)
     lo, hi = prior.data_range
     with torch.no_grad():
         if x.is_complex():  # complex images (MRI): bound the magnitude, keep the phase
