@@ -139,9 +139,14 @@ def preflight(cfg) -> Dict[str, Any]:
         if not isinstance(prior, str):
             raise InvalidValueError(f"solver.prior={prior!r} is not accepted; expected an embedded prior name, a "
                                     f"directory or a hub id")
-        if prior not in available_priors() and not Path(prior).expanduser().exists() and "/" not in prior:
+        from .priors.registry import ARCH_PRESETS
+
+        if (prior not in available_priors() and prior not in ARCH_PRESETS and not Path(prior).expanduser().exists()
+                and "/" not in prior):
             raise UnknownNameError(f"solver.prior={prior!r} is not an embedded prior ({', '.join(available_priors())}),"
-                                   f" an existing directory or a hub id ('org/name')")
+                                   f" an ADM architecture preset ({', '.join(sorted(ARCH_PRESETS))}; with "
+                                   f"solver.prior_options.random_init=true), an existing directory or a hub id "
+                                   f"('org/name')")
     for key in ("overwrite", "figure"):
         if not isinstance(cfg.output[key], bool):
             raise InvalidValueError(f"output.{key}={cfg.output[key]!r} is not accepted; expected true or false")
@@ -219,7 +224,8 @@ def run(cfg, progress: bool = True) -> Dict[str, Any]:
         "seeds": {"rule": "slice b of the volume: solver.seed + b (sample s: + s)" if problem.joint else
                   "every image: solver.seed (sample s: solver.seed + s), independent of the selection",
                   "per_image": dict(zip(problem.names, res.config["seeds"][::pre["num_samples"]]))},
-        "baseline_cost": {b: {"seconds": r.seconds} for b, r in base_res.items()}, "output_dir": str(out),
+        "baseline_cost": {b: {"seconds": r.seconds} for b, r in base_res.items()},
+        "baseline_configs": {b: json_safe(r.config) for b, r in base_res.items()}, "output_dir": str(out),
     }
     if out != pre["requested_dir"]:
         record["note"] = (f"{pre['requested_dir']} exists and is not empty; wrote {out} instead (--overwrite "

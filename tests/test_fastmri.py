@@ -117,7 +117,12 @@ def test_cli_reconstructs_a_fastmri_file_small(small_file, tmp_path):
     out = tmp_path / "o"
     assert main(["reconstruct", CFG, "problem.source=kspace", f"problem.path={path}", "problem.slice=[1]",
                  "problem.center_fraction=0.25", "problem.espirit_calib=12", "solver.steps=25",
-                 "baselines=[adjoint]", f"output.dir={out}", "--no-progress"]) == 0
+                 "baselines=[adjoint]", f"output.dir={out}",
+                 # measured k-space with estimated (ESPIRiT) maps is not exactly consistent with the model, and the
+                 # k-space noise estimate (~2e-6 here) does not see that: the noise-aware default then fits the data
+                 # nearly exactly (26.3 dB, CG-SENSE 28.0); the proximal form with a fixed weight does not
+                 "solver.options.dds.gamma=10", "solver.options.dds.cg_iters=5", "solver.options.dds.cg_tol=null",
+                 "--no-progress"]) == 0
     rec = json.loads((out / "run.json").read_text())
     m = rec["metrics"]
     assert np.load(out / "reconstruction.npy").shape == (1, 1, 64, 64)

@@ -25,13 +25,15 @@ from ..linalg import cg
 
 
 def cg_solve(op, y, z0, *, mode: str = "prox", gamma: float = 1.0, cg_iters: int = 5,
-             reproduce_reference_rhs: bool = False, reference_complex_inner_product: bool = False, AHy=None):
+             reproduce_reference_rhs: bool = False, reference_complex_inner_product: bool = False, AHy=None,
+             graph=None):
     """DDS's data-consistency solve in the operator domain, warm-started at the Tweedie estimate ``z0``.
 
     ``mode="prox"``: ``(I + γ AᴴA) u = z0 + γ Aᴴy`` (``u = argmin γ/2 ||y - Au||² + 1/2 ||u - z0||²``);
     ``mode="normal"``: ``AᴴA u = Aᴴy`` (noiseless normal equations; ``z0`` only as the warm start).
     ``reproduce_reference_rhs`` uses the released code's complex right-hand side ``z0 + γ(1 + i) Aᴴy``;
-    ``AHy``: ``Aᴴy`` if already computed. Returns the :class:`~invsolve.linalg.CGResult`.
+    ``AHy``: ``Aᴴy`` if already computed; ``graph``: a :class:`~invsolve.linalg.GraphedCG` replaying this system
+    (same result). Returns the :class:`~invsolve.linalg.CGResult`.
     """
     AHy = op.adjoint(y) if AHy is None else AHy
     if mode == "prox":
@@ -45,6 +47,8 @@ def cg_solve(op, y, z0, *, mode: str = "prox", gamma: float = 1.0, cg_iters: int
         b, K = AHy, op.normal
     else:
         raise ValueError(f"dc must be 'prox' or 'normal', got {mode!r}")
+    if graph is not None:
+        return graph(K, b, z0)
     return cg(K, b, z0, max_iter=cg_iters, reference_complex_inner_product=reference_complex_inner_product)
 
 

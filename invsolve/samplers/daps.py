@@ -100,6 +100,13 @@ def resolve_budget(budget: str, steps, ode_steps, langevin_steps):
             m if langevin_steps is None else langevin_steps)
 
 
+def daps_nfe(knobs) -> int:
+    """Network calls of one DAPS run with resolved ``knobs``: ``N * ode_steps`` (Euler), ``N * (2 ode_steps - 1)``
+    (Heun: no correction on the last step, to ``sigma = 0``)."""
+    n, k, _ = resolve_budget(knobs["budget"], knobs["steps"], knobs["ode_steps"], knobs["langevin_steps"])
+    return n * (2 * k - 1 if knobs["ode_solver"] == "heun" else k)
+
+
 @register_sampler("daps", knobs=dict(
     budget=Choice("1k", "4k", "cheap", doc="DAPS-1K (250 x 4 ODE steps), DAPS-4K (400 x 10) or cheap (50 x 2)"),
     steps=Int(1, 10000, optional=True, doc="annealing levels N (None: from the budget)"),
@@ -113,7 +120,7 @@ def resolve_budget(budget: str, steps, ode_steps, langevin_steps):
     ode_sigma_min=Float(0, low_open=True, doc="where the inner PF-ODE hands over to the denoiser"),
     rho=Float(0, low_open=True, doc="EDM grid exponent of both schedules"),
     ode_solver=Choice("euler", "heun", doc="inner PF-ODE integrator")),
-                  requires="differentiable",
+                  requires="differentiable", nfe=lambda k, prior: daps_nfe(k),
                   summary="Decoupled Annealing Posterior Sampling: PF-ODE x0 estimate, Langevin on x0 under the "
                           "likelihood, re-noise; no network gradients")
 def daps(prior, op, y, *, generators, budget="1k", steps=None, ode_steps=None, langevin_steps=None, lr=1e-4,

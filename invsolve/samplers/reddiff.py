@@ -44,7 +44,7 @@ def _init(prior, op, y, init: str, pinv_iters: int) -> torch.Tensor:
     weighting=Choice("linear", "sqrt", "const", doc="w_t: sqrt((1-abar)/abar), its square root, or 1"),
     init=Choice("pinv", "adjoint", "zeros", doc="mu's start: A⁺y, Aᴴy or zeros (prior space)"),
     pinv_iters=Int(1, doc="CG iterations for A⁺y where the operator has no closed form")),
-                  requires="differentiable",
+                  requires="differentiable", nfe=lambda k, prior: len(ddim_grid(prior, k["steps"])),
                   adjoint_knobs=lambda k: None if k["init"] == "zeros" else f"init={k['init']!r} ('zeros' does not)",
                   summary="RED-diff: Adam on mu with the data term plus the denoiser residual (eps_theta - eps) over "
                           "a decreasing timestep schedule; no network gradients")
