@@ -721,8 +721,8 @@ def run_item(plan: Plan, item: Item, shard: Tuple[int, int]) -> Dict[str, Any]:
         kn = dict(m["explicit"].get(item.task, m["explicit_all"]))
         rec["preset"] = pair.get("preset")
         steps = kn.pop("steps", None)
-        sigma_y = kn.pop("sigma_y", None)  # a method's sigma_y option wins over the task's noise level
-        sigma_y = problem.sigma_y if sigma_y is None else sigma_y
+        # a method's sigma_y option wins over the task's noise level; an explicit null means "unknown: estimate it"
+        sigma_y = kn.pop("sigma_y") if "sigma_y" in kn else problem.sigma_y
         res = solve(y, op, prior=None if prior_name is None else plan.priors[prior_name],
                     sampler=method["sampler"], steps=steps, seed=item.seed, num_samples=method["num_samples"],
                     device=plan.device, data_scale=method["data_scale"], sigma_y=sigma_y,
