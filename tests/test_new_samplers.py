@@ -204,11 +204,12 @@ def heldout_problems(brain_test_images):
 # into passes that must be looked at. On a held-out phantom both improve (ct-phantom rows).
 _REAL_CT = "real CT slice outside the ct-phantom prior's distribution (see the comment above)"
 CASES = [("daps", "mri", 1.0), ("daps", "ct-phantom", 1.0), ("daps", "inpaint", 1.0),
-         pytest.param("daps", "ct", 1.0, marks=pytest.mark.xfail(strict=True, reason=_REAL_CT)),
+         pytest.param("daps", "ct", 1.0, marks=[pytest.mark.slow, pytest.mark.xfail(strict=True, reason=_REAL_CT)]),
          # RED-diff on the held-out slice: 22.97 dB from its start's 21.99 dB (on all 16 held-out slab slices
          # 24.81 against 23.44 dB; on the validation guard slices +4.8 dB), hence a 0.5 dB margin
          ("reddiff", "mri", 0.5), ("reddiff", "ct-phantom", 1.0), ("reddiff", "inpaint", 1.0),
-         pytest.param("reddiff", "ct", 1.0, marks=pytest.mark.xfail(strict=True, reason=_REAL_CT))]
+         pytest.param("reddiff", "ct", 1.0, marks=[pytest.mark.slow,
+                                                     pytest.mark.xfail(strict=True, reason=_REAL_CT)])]
 
 
 @pytest.mark.parametrize("sampler,task,margin", CASES)
