@@ -203,7 +203,11 @@ class NoiseAwareCG:
     def __init__(self, op, y, prior, *, sigma_y, dc="auto", gamma="auto", cg_iters: int = 400,
                  cg_tol: Optional[float] = 1e-4, precision: str = "double", reproduce_reference_rhs: bool = False,
                  reference_complex_inner_product: bool = False, graph: bool = False):
-        self.op, self.y, self.prior, self.AHy = op, y, prior, op.adjoint(y)
+        self.op, self.y, self.prior = op, y, prior
+        self.AHy_data = op.adjoint(y)  # in the data's dtype (the reference right-hand side)
+        self.AHy = self.AHy_data
+        if precision == "double" and self.AHy.dtype in (torch.float32, torch.complex64):  # widened once, not per step
+            self.AHy = self.AHy.to(torch.complex128 if self.AHy.is_complex() else torch.float64)
         self.sigma_y, self.dc, self.gamma = sigma_y, dc, gamma
         self.cg = dict(cg_iters=cg_iters, cg_tol=cg_tol, precision=precision)
         self.reference_rhs, self.reference_ip = reproduce_reference_rhs, reference_complex_inner_product
@@ -218,7 +222,7 @@ class NoiseAwareCG:
     def __call__(self, z0, t):
         lam = noise_aware_weight(self.prior, t, self.y, sigma_y=self.sigma_y, dc=self.dc, gamma=self.gamma)
         if self.reference_rhs and not isinstance(lam, torch.Tensor):
-            res = cg_solve(self.op, self.y, z0, AHy=self.AHy, mode="prox" if lam else "normal",
+            res = cg_solve(self.op, self.y, z0, AHy=self.AHy_data, mode="prox" if lam else "normal",
                            gamma=1 / lam if lam else 1.0, cg_iters=self.cg["cg_iters"], reproduce_reference_rhs=True,
                            reference_complex_inner_product=self.reference_ip)
         else:
