@@ -58,6 +58,8 @@ CASES = {
     # added with the samplers (issue #26), after the refactor: stored when they were introduced (--write-missing)
     "daps": ("mri", "daps", dict(budget="cheap", steps=3, ode_steps=2, langevin_steps=3, lr=2e-4, sigma_max=10.0)),
     "daps-heun-deblur": ("deblur", "daps", dict(steps=2, ode_steps=2, langevin_steps=2, ode_solver="heun")),
+    "daps-exact": ("mri", "daps", dict(budget="cheap", steps=3, ode_steps=1, x0_step="exact", beta_y=1e-3,
+                                       sigma_min=0.01, sigma_max=10.0)),
     "reddiff": ("mri", "reddiff", dict(steps=4, lr=0.1)),
     "reddiff-zeros-sqrt": ("inpaint", "reddiff", dict(steps=4, lr=0.3, init="zeros", weighting="sqrt")),
     "dps-gsg-forward": ("deblur", "dps-gsg", dict(steps=3, queries=3, estimator="forward", jacobian="identity")),

@@ -89,6 +89,30 @@ def langevin_x0(prior, op, y: torch.Tensor, x0_hat: torch.Tensor, r: float, eta:
     return x0.detach()
 
 
+def exact_x0(prior, op, y: torch.Tensor, x0_hat: torch.Tensor, r: float, beta_y: float, generators, *,
+             cg_iters: int, cg_tol: float) -> torch.Tensor:
+    """One exact draw from the Gaussian ``p(x0 | x0_hat, y) ∝ N(x0; x0_hat, r² I) exp(-||y - A x0||² / (2 beta_y²))``
+    of a *linear* operator (the target of :func:`langevin_x0`), by perturb-and-MAP: in the operator domain
+    (``u = from_prior(x0)``, prior std ``r`` is ``a r`` there, ``a = unit(prior)``), perturb both means,
+    ``u~ = from_prior(x0_hat + r z)`` and ``y~ = y + beta_y z'`` (every real component), and solve
+
+        (AᴴA + lam I) u = Aᴴy~ + lam u~,   lam = beta_y² / (a r)²,
+
+    by CG warm-started at ``u~`` (float64, per item, to ``cg_tol`` relative residual or ``cg_iters`` iterations);
+    the solution is an exact sample of the Gaussian (Papandreou & Yuille 2010) up to the CG tolerance. Prior space in
+    and out, ``(B, C, H, W)``; no network calls."""
+    from .consistency import weighted_cg_solve
+    from .steps import unit
+
+    shape = tuple(x0_hat.shape[1:])
+    u_t = prior.from_prior(x0_hat + r * randn(shape, generators, x0_hat.device, x0_hat.dtype))
+    n = randn(tuple(y.shape[1:]) + ((2,) if y.is_complex() else ()), generators, y.device, y.real.dtype)
+    y_t = y + beta_y * (torch.view_as_complex(n.contiguous()) if y.is_complex() else n)
+    lam = beta_y**2 / (unit(prior) * r) ** 2
+    res = weighted_cg_solve(op, op.adjoint(y_t), u_t, lam, cg_iters=cg_iters, cg_tol=cg_tol, precision="double")
+    return prior.to_prior(res.x).to(x0_hat.dtype)
+
+
 def _nonfinite(x: torch.Tensor) -> List[int]:
     return (~torch.isfinite(x.flatten(1)).all(dim=1)).nonzero().flatten().tolist()
 
@@ -119,13 +143,18 @@ def daps_nfe(knobs) -> int:
     sigma_min=Float(0, low_open=True, doc="last nonzero annealing noise level"),
     ode_sigma_min=Float(0, low_open=True, doc="where the inner PF-ODE hands over to the denoiser"),
     rho=Float(0, low_open=True, doc="EDM grid exponent of both schedules"),
-    ode_solver=Choice("euler", "heun", doc="inner PF-ODE integrator")),
+    ode_solver=Choice("euler", "heun", doc="inner PF-ODE integrator"),
+    x0_step=Choice("langevin", "exact", doc="x0 | x0_hat, y: Langevin (any operator) or an exact Gaussian draw by "
+                                            "perturb-and-MAP CG (linear operators)"),
+    cg_iters=Int(1, 100000, doc="x0_step='exact': CG iterations at most per level"),
+    cg_tol=Float(0, low_open=True, doc="x0_step='exact': CG relative residual tolerance")),
                   requires="differentiable", nfe=lambda k, prior: daps_nfe(k),
+                  adjoint_knobs=lambda k: "x0_step='exact' ('langevin' does not)" if k["x0_step"] == "exact" else None,
                   summary="Decoupled Annealing Posterior Sampling: PF-ODE x0 estimate, Langevin on x0 under the "
                           "likelihood, re-noise; no network gradients")
 def daps(prior, op, y, *, generators, budget="1k", steps=None, ode_steps=None, langevin_steps=None, lr=1e-4,
          lr_min_ratio=0.01, beta_y=0.01, sigma_max=100.0, sigma_min=0.1, ode_sigma_min=0.01, rho=7.0,
-         ode_solver="euler", progress=False) -> SamplerOutput:
+         ode_solver="euler", x0_step="langevin", cg_iters=200, cg_tol=1e-4, progress=False) -> SamplerOutput:
     """DAPS on any pixel-space prior (VE view) and any differentiable operator, linear or not.
 
     Args:
@@ -149,6 +178,12 @@ def daps(prior, op, y, *, generators, budget="1k", steps=None, ode_steps=None, l
         ode_sigma_min: end of the inner PF-ODE grid before the final denoiser call (released: 0.01).
         rho: EDM exponent of the annealing and ODE grids (7).
         ode_solver: ``"euler"`` (released) or ``"heun"`` (``2 ode_steps - 1`` calls per level).
+        x0_step: how x0 is drawn from ``p(x0 | x0_hat, y)`` at each level: ``"langevin"`` (released; any
+            differentiable operator, ``langevin_steps`` steps of size ``eta``) or ``"exact"`` (linear operators with an
+            adjoint: that Gaussian sampled exactly by perturb-and-MAP, :func:`exact_x0`; ``lr``, ``lr_min_ratio`` and
+            ``langevin_steps`` unused). The exact draw is what the Langevin chain converges to; it keeps the data's
+            fit where a few hundred Langevin steps on an ill-conditioned operator (sparse-view CT) cannot.
+        cg_iters, cg_tol: the exact step's CG (at most ``cg_iters`` iterations to relative residual ``cg_tol``).
     Returns:
         operator-domain reconstruction (the last level's Langevin sample, no noise added); ``info``: ``residual``
         ``(N, B)`` (``||y - A(x0)||`` after each level's Langevin steps), ``sigmas`` (first and last annealing level),
@@ -168,7 +203,10 @@ def daps(prior, op, y, *, generators, budget="1k", steps=None, ode_steps=None, l
     for i in progress_bar(range(n_levels), progress, "DAPS", total=n_levels):
         x0_hat = ode_x0(prior, x, sig[i], n_ode, s_ode, rho, ode_solver)
         eta = lr * (1 - (1 - lr_min_ratio) * i / max(n_levels - 1, 1))
-        x0 = langevin_x0(prior, op, y, x0_hat, sig[i], eta, beta_y, n_lgv, generators)
+        if x0_step == "exact":
+            x0 = exact_x0(prior, op, y, x0_hat, sig[i], beta_y, generators, cg_iters=cg_iters, cg_tol=cg_tol)
+        else:
+            x0 = langevin_x0(prior, op, y, x0_hat, sig[i], eta, beta_y, n_lgv, generators)
         bad = _nonfinite(x0)
         if bad:
             raise InvsolveError(f"DAPS: the Langevin sample became NaN/Inf for item(s) {bad} at annealing level {i} "
@@ -178,4 +216,5 @@ def daps(prior, op, y, *, generators, budget="1k", steps=None, ode_steps=None, l
             x = x0 if sig[i + 1] == 0 else x0 + sig[i + 1] * randn(shape, generators, y.device)
     return SamplerOutput(x=prior.from_prior(x), nfe=prior.nfe - nfe0,
                          info={"residual": torch.stack(residuals).cpu(), "sigmas": [sig[0], sig[-2]],
-                               "levels": n_levels, "ode_steps": n_ode, "langevin_steps": n_lgv})
+                               "levels": n_levels, "ode_steps": n_ode,
+                               "langevin_steps": n_lgv if x0_step == "langevin" else 0, "x0_step": x0_step})
