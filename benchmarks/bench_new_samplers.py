@@ -8,6 +8,11 @@ Stages (each entry is skipped when already in the results file; ``--force`` re-r
   crops of the training photos drawn with seed 2024, mask seed 0), Gaussian deblurring (15 px, sigma 2, noise 0.01)
   and 4x bicubic super-resolution of the same crops — the core suite's operators. DAPS ``lr`` and RED-diff ``lr``
   grids; the chosen values go into ``configs/bench/core.yaml``.
+* ``tune-exact``: DAPS with the exact Gaussian x0 step (``x0_step="exact"``) on MRI, CT and inpainting, and RED-diff's
+  step count and ``lam`` on CT, on the same validation images plus two CT groups *outside* the ``ct-phantom`` prior's
+  distribution (the held-out CT slices are real and that prior is trained on phantoms): ``ct-mni`` (the MNI guard
+  slices z = 94, 113 as attenuation maps, each scaled to peak 1) and ``ct-photo`` (the inpainting validation crops
+  in grey). The CT settings are chosen by their worst gain over A⁺y across the three CT groups.
 * ``pr-tune``: Fourier phase retrieval (oversampling 2, noise 0.05, ``natural`` prior) on 2 validation crops: DPS
   ``scale`` and DAPS ``lr`` grids (``sigma_max`` 100 and 10) at the same network-call budget (``--pr-nfe``).
 * ``pr-test``: the chosen DPS and DAPS settings on held-out photos (``phase-retrieval`` task, index 0, 3, 6, 9,
@@ -18,7 +23,7 @@ the plain PSNR and the PSNR up to that reflection (the larger of the two) are re
 
 Wall times are measured on a shared machine; the 1-minute load average at the start of each run is stored with it.
 
-Run:  OMP_NUM_THREADS=1 python benchmarks/bench_new_samplers.py tune|pr-tune|pr-test [--force]
+Run:  OMP_NUM_THREADS=1 python benchmarks/bench_new_samplers.py tune|tune-exact|pr-tune|pr-test [--force]
 """
 from __future__ import annotations
 
@@ -36,8 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine, write_json  # noqa: E402
 
 OUT = RESULTS / "new_samplers.json"
-PRIOR = {"mri": "mri-brain", "ct": "ct-phantom", "inpaint": "natural", "deblur": "natural", "sr": "natural",
-         "pr": "natural"}
+PRIOR = {"mri": "mri-brain", "ct": "ct-phantom", "ct-mni": "ct-phantom", "ct-photo": "ct-phantom",
+         "inpaint": "natural", "deblur": "natural", "sr": "natural", "pr": "natural"}
 PR_NOISE = 0.05
 
 # DAPS's Langevin step is stable for about lr ||J||² / beta_y² < 2 (J: the operator in prior-space units; ||J||² is
@@ -67,6 +72,23 @@ def tune_methods(task):
     return out
 
 
+_EXACT = dict(budget="cheap", x0_step="exact", beta_y=1e-3, sigma_min=0.01, sigma_max=10.0)
+_REDDIFF_CT = [dict(steps=100, lr=0.1, lam=10.0), dict(steps=100, lr=0.1, lam=2.5), dict(steps=300, lr=0.1, lam=2.5),
+               dict(steps=300, lr=0.1, lam=10.0), dict(steps=1000, lr=0.1, lam=10.0)]
+
+
+def exact_methods(task):
+    """label -> (sampler, knobs) of the ``tune-exact`` stage (module docstring)."""
+    grid = [dict(_EXACT, steps=100, ode_steps=1), dict(_EXACT, steps=50, ode_steps=2)]
+    if task in ("mri", "ct"):
+        grid += [dict(_EXACT, steps=50, ode_steps=2, beta_y=0.01, sigma_min=0.1)]
+    out = {_label("daps_exact", {k: v for k, v in kn.items() if k not in ("budget", "x0_step")}): ("daps", kn)
+           for kn in grid}
+    if task.startswith("ct"):
+        out.update({_label("reddiff", kn): ("reddiff", kn) for kn in _REDDIFF_CT})
+    return out
+
+
 def pr_methods(nfe: int):
     dps = {f"dps_{nfe}_scale{s:g}": ("dps", dict(steps=nfe, scale=s)) for s in (0.3, 1.0, 3.0, 10.0)}
     # DAPS at nfe network calls: nfe / 2 levels x 2 ODE steps, 50 Langevin steps per level (no network calls); from
@@ -81,6 +103,14 @@ def pr_methods(nfe: int):
 # ------------------------------------------------------------------------------------------------ problems
 def validation(task: str, n: int = 2):
     """(x, op, names) for the validation images of ``task`` (module docstring)."""
+    if task == "ct-mni":
+        from invsolve.data.mri import axial_slices
+
+        x = axial_slices([94, 113][:n], 64).abs().float()
+        return x / x.amax(dim=(-2, -1), keepdim=True), validation("ct")[1], [f"mni-z{k}" for k in (94, 113)[:n]]
+    if task == "ct-photo":
+        x, _, names = validation("inpaint", n)
+        return x.mean(dim=1, keepdim=True), validation("ct")[1], names
     if task == "mri":
         from invsolve.data.mri import axial_slices, smooth_phase, to_complex
         from invsolve.operators import MultiCoilMRI, coils, masks
@@ -101,7 +131,7 @@ def validation(task: str, n: int = 2):
          + 1) / 2
     if task == "inpaint":
         from invsolve.operators import Inpainting
-        from invsolve.operators.sampling import random_mask
+        from invsolve.operators.inpainting import random_mask
 
         return x, Inpainting(random_mask((64, 64), 0.5, seed=0)), [f"crop-{i}" for i in range(n)]
     if task == "deblur":
@@ -135,7 +165,7 @@ def pr_test():
 def scores(xhat, x, task):
     from invsolve.eval.metrics import psnr, ssim
 
-    rng = None if task == "mri" else 1.0
+    rng = None if task == "mri" else 1.0  # [0, 1] images (ct-mni: each slice scaled to peak 1)
     out = {"psnr": [float(v) for v in psnr(xhat, x, rng)], "ssim": [float(v) for v in ssim(xhat, x, rng)]}
     if task == "pr":  # up to the point reflection (module docstring)
         flip = [float(v) for v in psnr(torch.flip(xhat, dims=(-2, -1)), x, rng)]
@@ -187,7 +217,7 @@ def main(argv=None):
     from invsolve.errors import InvsolveError
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("stage", choices=["tune", "pr-tune", "pr-test"])
+    ap.add_argument("stage", choices=["tune", "tune-exact", "pr-tune", "pr-test"])
     ap.add_argument("--tasks", default="mri,ct,inpaint,deblur,sr")
     ap.add_argument("--pr-nfe", type=int, default=200)
     ap.add_argument("--only", default=None, help="comma-separated labels")
@@ -203,6 +233,13 @@ def main(argv=None):
             data.setdefault("baselines", {})[f"tune/{task}"] = _baselines(task, x, op, y)
             for label, (s, kn) in tune_methods(task).items():
                 jobs.append((f"tune/{task}/{label}", task, label, s, kn, x, op, y, names))
+    elif a.stage == "tune-exact":
+        for task in ("mri", "ct", "ct-mni", "ct-photo", "inpaint"):
+            x, op, names = validation(task)
+            y = measure(op, x, 0.0)
+            data.setdefault("baselines", {})[f"tune-exact/{task}"] = _baselines(task, x, op, y)
+            for label, (s, kn) in exact_methods(task).items():
+                jobs.append((f"tune-exact/{task}/{label}", task, label, s, kn, x, op, y, names))
     elif a.stage == "pr-tune":
         x, op, names = validation("pr")
         y = measure(op, x, PR_NOISE)

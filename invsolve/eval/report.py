@@ -115,12 +115,17 @@ def summarize(plan: Dict[str, Any], records: Dict[str, Dict[str, Any]]) -> Dict[
 
 
 def _knob_text(plan: Dict[str, Any], task: str, method: str) -> str:
-    """The knobs a method ran with on a task that differ from its sampler's registered defaults (plus steps)."""
+    """The knobs a method ran with on a task that differ from its sampler's registered defaults, the steps it ran
+    (its preset's where the method sets none) and the preset that set the rest, e.g. ``steps=300 (preset
+    reddiff-ct)``."""
     from ..samplers.base import get_sampler
 
     m = plan["methods"].get(method, {})
-    knobs = (m.get("task_knobs") or {}).get(task, m.get("knobs")) or {}
-    tuned = (plan["pairs"].get(f"{task}/{method}", {}).get("tuned") or {}).get("point") or {}
+    pair = plan["pairs"].get(f"{task}/{method}", {})
+    knobs = dict((m.get("task_knobs") or {}).get(task, m.get("knobs")) or {})
+    if "steps" in (pair.get("knobs") or {}):
+        knobs["steps"] = pair["knobs"]["steps"]
+    tuned = (pair.get("tuned") or {}).get("point") or {}
     try:
         defaults = get_sampler(m["sampler"]).defaults
     except Exception:  # noqa: BLE001 - a sampler of another build: show every knob
@@ -128,7 +133,8 @@ def _knob_text(plan: Dict[str, Any], task: str, method: str) -> str:
     shown = {k: v for k, v in knobs.items() if k == "steps" or k in tuned or k not in defaults or defaults[k] != v}
     if (m.get("num_samples") or 1) > 1:
         shown["num_samples"] = m["num_samples"]
-    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
+    text = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
+    return f"{text} (preset {pair['preset']})".strip() if pair.get("preset") else text
 
 
 def _stats(vals: List[float]) -> Optional[Tuple[float, float, int]]:
@@ -601,7 +607,8 @@ def render(out, plan: Dict[str, Any], records: Dict[str, Dict[str, Any]], tables
         "CUDA peak allocated or CPU resident-set growth"
         + (" (methods run in their own process: `isolate`)" if suite.get("isolate")
            or any(m.get("isolate") for m in suite["methods"]) else "")
-        + ". Knobs: what differs from the sampler's registered defaults ((tuned): chosen on the validation tasks). "
+        + ". Knobs: what the method sets that differs from the sampler's registered defaults ((tuned): chosen on the "
+        "validation tasks), the steps it ran, and the prior's preset that set the rest (invsolve/presets/). "
         "Bold: best mean per quality column.",
         "",
     ]

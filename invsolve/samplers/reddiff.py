@@ -58,7 +58,8 @@ def reddiff(prior, op, y, *, generators, steps=1000, lr=0.1, lam=0.25, beta1=0.9
         lr, beta1, beta2: Adam on ``mu`` (released: 0.1, (0.9, 0.99), no weight decay).
         lam: regulariser weight ``lambda`` (released: 0.25); ``w_t`` per ``weighting``. Its balance with the data
             term depends on the operator's norm and on ``m / n``, so it is set per task: the embedded priors'
-            presets use 0.005 (4x MRI), 10 (16-view CT) and 0.01 (50 % inpainting), chosen on validation images.
+            presets use 0.005 (4x MRI), 2.5 with 300 steps (16-view CT) and 0.01 (50 % inpainting), chosen on
+            validation images.
         init: ``"pinv"`` (released: ``mu_0 = A⁺y`` mapped to prior space), ``"adjoint"`` or ``"zeros"`` (the only
             start for a nonlinear operator).
         pinv_iters: CG iterations of ``A⁺y`` for operators without a closed-form pseudo-inverse (MRI, CT).
