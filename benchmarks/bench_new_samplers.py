@@ -8,7 +8,7 @@ Stages (each entry is skipped when already in the results file; ``--force`` re-r
   crops of the training photos drawn with seed 2024, mask seed 0), Gaussian deblurring (15 px, sigma 2, noise 0.01)
   and 4x bicubic super-resolution of the same crops — the core suite's operators. DAPS ``lr`` and RED-diff ``lr``
   grids; the chosen values go into ``configs/bench/core.yaml``.
-* ``tune-exact``: DAPS with the exact Gaussian x0 step (``x0_step="exact"``) on MRI, CT and inpainting, and RED-diff's
+* ``tune-exact``: DAPS with the exact Gaussian x0 step (``x0_step="exact"``) on every linear task, and RED-diff's
   step count and ``lam`` on CT, on the same validation images plus two CT groups *outside* the ``ct-phantom`` prior's
   distribution (the held-out CT slices are real and that prior is trained on phantoms): ``ct-mni`` (the MNI guard
   slices z = 94, 113 as attenuation maps, each scaled to peak 1) and ``ct-photo`` (the inpainting validation crops
@@ -79,6 +79,13 @@ _REDDIFF_CT = [dict(steps=100, lr=0.1, lam=10.0), dict(steps=100, lr=0.1, lam=2.
 
 def exact_methods(task):
     """label -> (sampler, knobs) of the ``tune-exact`` stage (module docstring)."""
+    if task in ("deblur", "sr"):  # deblurring's noise is 0.01: beta_y at and above it
+        grid = [dict(_EXACT, steps=100, ode_steps=1, beta_y=b) for b in ((0.01, 0.02) if task == "deblur"
+                                                                         else (1e-3, 0.01))]
+        if task == "deblur":
+            grid.append(dict(_EXACT, steps=100, ode_steps=1, beta_y=0.01, sigma_min=0.1))
+        return {_label("daps_exact", {k: v for k, v in kn.items() if k not in ("budget", "x0_step")}): ("daps", kn)
+                for kn in grid}
     grid = [dict(_EXACT, steps=100, ode_steps=1), dict(_EXACT, steps=50, ode_steps=2)]
     if task in ("mri", "ct"):
         grid += [dict(_EXACT, steps=50, ode_steps=2, beta_y=0.01, sigma_min=0.1)]
@@ -234,9 +241,9 @@ def main(argv=None):
             for label, (s, kn) in tune_methods(task).items():
                 jobs.append((f"tune/{task}/{label}", task, label, s, kn, x, op, y, names))
     elif a.stage == "tune-exact":
-        for task in ("mri", "ct", "ct-mni", "ct-photo", "inpaint"):
+        for task in ("mri", "ct", "ct-mni", "ct-photo", "inpaint", "deblur", "sr"):
             x, op, names = validation(task)
-            y = measure(op, x, 0.0)
+            y = measure(op, x, NOISE.get(task, 0.0))
             data.setdefault("baselines", {})[f"tune-exact/{task}"] = _baselines(task, x, op, y)
             for label, (s, kn) in exact_methods(task).items():
                 jobs.append((f"tune-exact/{task}/{label}", task, label, s, kn, x, op, y, names))
