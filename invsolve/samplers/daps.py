@@ -209,6 +209,10 @@ def daps(prior, op, y, *, generators, budget="1k", steps=None, ode_steps=None, l
             x0 = langevin_x0(prior, op, y, x0_hat, sig[i], eta, beta_y, n_lgv, generators)
         bad = _nonfinite(x0)
         if bad:
+            if x0_step == "exact":
+                raise InvsolveError(f"DAPS: the exact x0 draw became NaN/Inf for item(s) {bad} at annealing level {i} "
+                                    f"(sigma {sig[i]:.3g}); check that y and the operator are finite, or raise "
+                                    f"beta_y (now {beta_y:g})")
             raise InvsolveError(f"DAPS: the Langevin sample became NaN/Inf for item(s) {bad} at annealing level {i} "
                                 f"(sigma {sig[i]:.3g}, step size {eta:.3g}); lower lr (now {lr:g}) or raise beta_y")
         with torch.no_grad():
