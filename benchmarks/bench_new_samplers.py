@@ -79,18 +79,14 @@ _REDDIFF_CT = [dict(steps=100, lr=0.1, lam=10.0), dict(steps=100, lr=0.1, lam=2.
 
 def exact_methods(task):
     """label -> (sampler, knobs) of the ``tune-exact`` stage (module docstring)."""
-    if task in ("deblur", "sr"):  # deblurring's noise is 0.01: beta_y at and above it
-        grid = [dict(_EXACT, steps=100, ode_steps=1, beta_y=b) for b in ((0.01, 0.02) if task == "deblur"
-                                                                         else (1e-3, 0.01))]
-        if task == "deblur":
-            grid.append(dict(_EXACT, steps=100, ode_steps=1, beta_y=0.01, sigma_min=0.1))
-        return {_label("daps_exact", {k: v for k, v in kn.items() if k not in ("budget", "x0_step")}): ("daps", kn)
-                for kn in grid}
-    grid = [dict(_EXACT, steps=100, ode_steps=1), dict(_EXACT, steps=50, ode_steps=2)]
-    if task in ("mri", "ct"):
-        grid += [dict(_EXACT, steps=50, ode_steps=2, beta_y=0.01, sigma_min=0.1)]
+    base, cheap = dict(_EXACT, steps=100, ode_steps=1), dict(_EXACT, steps=50, ode_steps=2)
+    grid = {"deblur": [dict(base, beta_y=0.01), dict(base, beta_y=0.02),  # its noise is 0.01: beta_y at and above it
+                       dict(base, beta_y=0.01, sigma_min=0.1)],
+            "sr": [dict(base, beta_y=1e-3), dict(base, beta_y=0.01)],
+            "mri": [base, cheap, dict(cheap, beta_y=0.01, sigma_min=0.1)]}
+    grid["ct"] = grid["mri"]
     out = {_label("daps_exact", {k: v for k, v in kn.items() if k not in ("budget", "x0_step")}): ("daps", kn)
-           for kn in grid}
+           for kn in grid.get(task, [base, cheap])}
     if task.startswith("ct"):
         out.update({_label("reddiff", kn): ("reddiff", kn) for kn in _REDDIFF_CT})
     return out
@@ -233,20 +229,15 @@ def main(argv=None):
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     data = _load()
     jobs = []
-    if a.stage == "tune":
-        for task in a.tasks.split(","):
+    if a.stage in ("tune", "tune-exact"):
+        tasks, methods = ((a.tasks.split(","), tune_methods) if a.stage == "tune" else
+                          (("mri", "ct", "ct-mni", "ct-photo", "inpaint", "deblur", "sr"), exact_methods))
+        for task in tasks:
             x, op, names = validation(task)
             y = measure(op, x, NOISE.get(task, 0.0))
-            data.setdefault("baselines", {})[f"tune/{task}"] = _baselines(task, x, op, y)
-            for label, (s, kn) in tune_methods(task).items():
-                jobs.append((f"tune/{task}/{label}", task, label, s, kn, x, op, y, names))
-    elif a.stage == "tune-exact":
-        for task in ("mri", "ct", "ct-mni", "ct-photo", "inpaint", "deblur", "sr"):
-            x, op, names = validation(task)
-            y = measure(op, x, NOISE.get(task, 0.0))
-            data.setdefault("baselines", {})[f"tune-exact/{task}"] = _baselines(task, x, op, y)
-            for label, (s, kn) in exact_methods(task).items():
-                jobs.append((f"tune-exact/{task}/{label}", task, label, s, kn, x, op, y, names))
+            data.setdefault("baselines", {})[f"{a.stage}/{task}"] = _baselines(task, x, op, y)
+            for label, (s, kn) in methods(task).items():
+                jobs.append((f"{a.stage}/{task}/{label}", task, label, s, kn, x, op, y, names))
     elif a.stage == "pr-tune":
         x, op, names = validation("pr")
         y = measure(op, x, PR_NOISE)

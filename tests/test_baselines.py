@@ -6,7 +6,7 @@ held-out images (MNI slab slices for MRI, held-out photos for inpainting).
 import numpy as np
 import pytest
 import torch
-from diffusers import UNet2DModel
+from _tiny import tiny_unet
 
 import invsolve as inv
 from invsolve.errors import InvsolveError, UnknownNameError
@@ -22,13 +22,6 @@ SCHED = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "bet
          "prediction_type": "epsilon"}
 
 
-def _tiny_unet(cin):
-    torch.manual_seed(0)
-    return UNet2DModel(sample_size=16, in_channels=cin, out_channels=cin, block_out_channels=(8, 16),
-                       layers_per_block=1, norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
-                       up_block_types=("UpBlock2D", "UpBlock2D"))
-
-
 def _close(a, b, rtol=1e-4):
     """Equal to float tolerance relative to the image's scale (batched convolutions/FFTs round differently)."""
     return bool((a - b).abs().max() <= rtol * b.abs().max())
@@ -37,7 +30,7 @@ def _close(a, b, rtol=1e-4):
 @pytest.fixture(scope="module")
 def tiny():
     """A random 16x16 complex prior and a 4-coil 4x MRI problem with two items."""
-    prior = DiffusersPrior(_tiny_unet(cin=2), SCHED, is_complex=True, name="tiny")
+    prior = DiffusersPrior(tiny_unet(cin=2), SCHED, is_complex=True, name="tiny")
     op = MultiCoilMRI(coils.birdcage(4, (16, 16)), masks.uniform1d((16, 16), 4, 0.125, seed=0))
     x = torch.randn(2, 1, 16, 16, dtype=torch.complex64, generator=torch.Generator().manual_seed(1)) * 0.5
     return prior, op, op(x)
@@ -95,7 +88,7 @@ class _Square(Operator):
 
 
 def test_dps_runs_on_a_nonlinear_operator_and_linear_samplers_refuse_it(tiny):
-    real = DiffusersPrior(_tiny_unet(cin=1), SCHED, name="tiny-real")
+    real = DiffusersPrior(tiny_unet(cin=1), SCHED, name="tiny-real")
     op = _Square()
     y = op(torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0)))
     res = inv.solve(y, op, prior=real, sampler="dps", steps=3)

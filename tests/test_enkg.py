@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _tiny import tiny_unet
 
 import invsolve as inv
 from invsolve.errors import InvsolveError
@@ -215,15 +216,9 @@ def test_max_step_keeps_an_overshooting_ensemble_bounded(gauss, problem):
 
 
 def test_tiny_unet_prior_any_ensemble_size():
-    from diffusers import UNet2DModel
-
     from invsolve.priors import DiffusersPrior
 
-    torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(8, 16),
-                       layers_per_block=1, norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
-                       up_block_types=("UpBlock2D", "UpBlock2D"))
-    prior = DiffusersPrior(unet, {"num_train_timesteps": 1000}, data_range=(-1, 1), name="tiny")
+    prior = DiffusersPrior(tiny_unet(), {"num_train_timesteps": 1000}, data_range=(-1, 1), name="tiny")
     fn = lambda x: np.tanh(x[:, 0, ::4, ::4]).reshape(x.shape[0], -1)  # noqa: E731
     y = torch.from_numpy(fn(np.random.default_rng(0).standard_normal((1, 1, 16, 16)).astype(np.float32)))
     res = inv.solve(y, BlackBox(fn, input_shape=(1, 16, 16)), prior=prior, sampler="enkg", ensemble_size=7,

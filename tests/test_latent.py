@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+from _tiny import tiny_unet
 
 import invsolve as inv
 from invsolve.errors import InvsolveError, MissingDependencyError, ShapeError
@@ -37,12 +38,7 @@ def _cond_unet():
 
 
 def _unet():
-    from diffusers import UNet2DModel
-
-    torch.manual_seed(2)
-    return UNet2DModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
-                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-                       norm_num_groups=8).eval()
+    return tiny_unet(cin=4, size=8, blocks=(16, 32), groups=8, seed=2)
 
 
 @pytest.fixture(scope="module")

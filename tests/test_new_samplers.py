@@ -4,7 +4,7 @@ agreement with closed forms on analytic Gaussian priors, and quality on held-out
 import numpy as np
 import pytest
 import torch
-from diffusers import UNet2DModel
+from _tiny import tiny_unet
 
 import invsolve as inv
 from invsolve.errors import InvalidValueError, InvsolveError
@@ -26,11 +26,7 @@ FAST = {"daps": dict(steps=4, ode_steps=2, langevin_steps=3, lr=1e-5), "reddiff"
 @pytest.fixture(scope="module")
 def tiny():
     """A random 16x16 complex prior and a 4-coil 4x MRI problem with two items."""
-    torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=16, in_channels=2, out_channels=2, block_out_channels=(8, 16), layers_per_block=1,
-                       norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
-                       up_block_types=("UpBlock2D", "UpBlock2D"))
-    prior = DiffusersPrior(unet, SCHED, is_complex=True, name="tiny")
+    prior = DiffusersPrior(tiny_unet(cin=2), SCHED, is_complex=True, name="tiny")
     op = MultiCoilMRI(coils.birdcage(4, (16, 16)), masks.uniform1d((16, 16), 4, 0.125, seed=0))
     x = torch.randn(2, 1, 16, 16, dtype=torch.complex64, generator=torch.Generator().manual_seed(1)) * 0.5
     return prior, op, op(x)
@@ -129,10 +125,7 @@ def test_ode_x0_matches_the_closed_form_flow_of_a_gaussian(gauss):
 def test_langevin_samples_the_gaussian_target(gauss):
     """Many independent chains of the Langevin kernel reach N(x*, s²) with x* = (x0_hat/r² + (2y-1)/(4β²)) /
     (1/r² + 1/(4β²)) for A(x) = (x + 1) / 2 (a [0, 1]-range prior) and a full mask."""
-    prior = DiffusersPrior(UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8),
-                                       layers_per_block=1, norm_num_groups=4,
-                                       down_block_types=("DownBlock2D", "DownBlock2D"),
-                                       up_block_types=("UpBlock2D", "UpBlock2D")), SCHED, name="unused-net")
+    prior = DiffusersPrior(tiny_unet(size=8, blocks=(8, 8)), SCHED, name="unused-net")
     op = Inpainting(torch.ones(8, 8))
     n, r, beta = 256, 0.3, 0.2
     x0_hat = torch.full((n, 1, 8, 8), 0.5)
@@ -150,10 +143,7 @@ def test_exact_x0_step_draws_the_gaussian_target():
     """Perturb-and-MAP draws of N(x0_hat, r² I) x exp(-||y - A x0||² / (2 β²)) for A(x) = (x + 1) / 2 on half the
     pixels (a [0, 1]-range prior): observed pixels have the closed-form mean and variance (precision 1/r² + 1/(4β²)),
     unobserved ones keep N(x0_hat, r²); no network calls."""
-    prior = DiffusersPrior(UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8),
-                                       layers_per_block=1, norm_num_groups=4,
-                                       down_block_types=("DownBlock2D", "DownBlock2D"),
-                                       up_block_types=("UpBlock2D", "UpBlock2D")), SCHED, name="unused-net")
+    prior = DiffusersPrior(tiny_unet(size=8, blocks=(8, 8)), SCHED, name="unused-net")
     mask = torch.zeros(8, 8)
     mask[:, ::2] = 1
     op = Inpainting(mask)

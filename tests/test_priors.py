@@ -3,7 +3,8 @@ import time
 
 import pytest
 import torch
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from _tiny import tiny_unet as _tiny_unet
+from diffusers import DDPMPipeline, DDPMScheduler
 
 import invsolve as inv
 from invsolve.errors import InputFileError, UnknownNameError
@@ -12,10 +13,7 @@ from invsolve.priors.registry import WEIGHTS_DIR
 
 
 def tiny_unet(cin=2, cout=None, size=16, seed=0):
-    torch.manual_seed(seed)
-    return UNet2DModel(sample_size=size, in_channels=cin, out_channels=cout or cin, block_out_channels=(8, 16),
-                       layers_per_block=1, norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
-                       up_block_types=("UpBlock2D", "UpBlock2D")).eval()
+    return _tiny_unet(cin, cout, size, seed=seed)
 
 
 SCHED = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear",

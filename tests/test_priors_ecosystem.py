@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+from _tiny import tiny_unet
 from diffusers import (
     DDIMPipeline,
     DDIMScheduler,
@@ -17,7 +18,6 @@ from diffusers import (
     DDPMScheduler,
     ScoreSdeVePipeline,
     ScoreSdeVeScheduler,
-    UNet2DModel,
 )
 from safetensors.torch import save_file
 
@@ -45,13 +45,6 @@ def one_thread():
 def tiny_adm(preset, seed=0, **changes):
     torch.manual_seed(seed)
     return ADMUNet(adm_config(preset, **TINY, **changes)).eval()
-
-
-def tiny_unet(cin=1, cout=None, size=16, seed=0, **kw):
-    torch.manual_seed(seed)
-    return UNet2DModel(sample_size=size, in_channels=cin, out_channels=cout or cin, block_out_channels=(8, 16),
-                       layers_per_block=1, norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
-                       up_block_types=("UpBlock2D", "UpBlock2D"), **kw).eval()
 
 
 SCHED = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import UNet2DModel
+from _tiny import tiny_unet
 
 import invsolve as inv
 from invsolve.errors import InvalidValueError, InvsolveError
@@ -44,11 +44,7 @@ class CountingPrior(DiffusersPrior):
 
 @pytest.fixture(scope="module")
 def prior():
-    torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
-                       norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
-                       up_block_types=("UpBlock2D", "UpBlock2D"))
-    return CountingPrior(unet, SCHED, name="tiny")
+    return CountingPrior(tiny_unet(), SCHED, name="tiny")
 
 
 def problem(spec):
